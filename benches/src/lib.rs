@@ -1,0 +1,1 @@
+//! The Lazarus benchmark harness.

@@ -1,0 +1,1 @@
+//! Capture a process (or ranges of the calling process) into a Lazarus image.

@@ -1,0 +1,3 @@
+//! The `lazarus` command.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The Lazarus image format (`.lzr`).

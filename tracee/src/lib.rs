@@ -1,0 +1,1 @@
+//! Drive a stopped process from outside.
