@@ -111,15 +111,25 @@ fn fail_page(
 #[derive(Debug)]
 pub struct ProcessMemory {
     pid: i32,
-    /// /proc/PID/mem, opened on the first write.
+    /// The thread whose address space is used: the leader, unless it is a zombie (a
+    /// zombie leader has no mm, so /proc/PID/mem and process_vm_readv(PID) fail).
+    via: i32,
+    /// /proc/VIA/mem, opened on the first write.
     mem: OnceLock<File>,
 }
 
 impl ProcessMemory {
     /// Memory access to process `pid`. Nothing is opened yet.
     pub fn new(pid: i32) -> Self {
+        Self::via_thread(pid, pid)
+    }
+
+    /// Memory access to process `pid` through its thread `tid` (any live thread shares
+    /// the address space).
+    pub fn via_thread(pid: i32, tid: i32) -> Self {
         Self {
             pid,
+            via: tid,
             mem: OnceLock::new(),
         }
     }
@@ -199,7 +209,7 @@ impl ProcessMemory {
             }
             let local = &mut buf[at.buf_pos..at.buf_pos + batch_len];
             let result = process_vm_readv(
-                Pid::from_raw(self.pid),
+                Pid::from_raw(self.via),
                 &mut [IoSliceMut::new(local)],
                 &iovs,
             );
@@ -294,7 +304,7 @@ impl ProcessMemory {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(format!("/proc/{}/mem", self.pid))
+            .open(format!("/proc/{}/mem", self.via))
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => MemoryError::ProcessGone { pid: self.pid },
                 io::ErrorKind::PermissionDenied => MemoryError::NotPermitted {

@@ -240,6 +240,11 @@ impl SeizedProcess {
             _not_send: PhantomData,
         };
         process.seize_all()?;
+        // A zombie leader has no address space: reach memory through a live thread.
+        let via = process.mm_tid();
+        if via != pid {
+            process.memory = ProcessMemory::via_thread(pid, via);
+        }
         // The pidfd was opened before we seized anything: if it has not exited, the
         // threads we hold are that process's, not those of a newcomer reusing the pid.
         if process.has_exited() {
@@ -447,6 +452,18 @@ impl SeizedProcess {
             tv_nsec: 0,
         };
         matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+
+    /// A seized thread whose /proc entries show the process's address space: the leader,
+    /// or (if the leader is a zombie) the first live thread.
+    pub(crate) fn mm_tid(&self) -> i32 {
+        let live = |t: &&Thread| t.state != ThreadState::Gone;
+        self.threads
+            .iter()
+            .filter(live)
+            .find(|t| t.tid == self.pid)
+            .or_else(|| self.threads.iter().find(live))
+            .map_or(self.pid, |t| t.tid)
     }
 
     /// The process id.

@@ -125,7 +125,7 @@ impl SeizedProcess {
     /// Uses `addr` as the syscall site from now on, after checking that it holds `0f 05`
     /// inside an executable mapping. Restore calls this after moving the helper's vdso.
     pub fn set_syscall_site(&mut self, addr: u64) -> Result<(), RemoteError> {
-        let maps = procfs::process::Process::new(self.pid)
+        let maps = procfs::process::Process::new(self.mm_tid())
             .and_then(|p| p.maps())
             .map_err(maps_error(self.pid))?;
         let end = addr
@@ -167,7 +167,7 @@ impl SeizedProcess {
     }
 
     fn locate_syscall_site(&self) -> Result<u64, RemoteError> {
-        let maps = procfs::process::Process::new(self.pid)
+        let maps = procfs::process::Process::new(self.mm_tid())
             .and_then(|p| p.maps())
             .map_err(maps_error(self.pid))?;
         let mut candidates: Vec<(u64, u64)> = Vec::new();

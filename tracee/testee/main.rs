@@ -13,6 +13,7 @@
 //! | `signals`     | counts SIGUSR1 (SA_RESTART handler); `ready`; `count` prints `usr1 N`  |
 //! | `sigstop`     | prints `stopping`, raises SIGSTOP, then prints `continued`             |
 //! | `tracer PID`  | PTRACE_SEIZEs PID; prints `traced` (or `error ERRNO`); waits for EOF   |
+//! | `zombie-leader` | a second thread prints `ready` and answers one line with `got LINE`, then exits the process; the main thread exits alone (raw `exit`) and stays a zombie |
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -238,6 +239,20 @@ fn mode_tracer(pid: i32) {
     for_each_line(|_| {});
 }
 
+fn mode_zombie_leader() {
+    std::thread::spawn(|| {
+        say("ready");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        say(&format!("got {}", line.trim()));
+        std::process::exit(0);
+    });
+    // The raw exit system call ends only the calling thread, without unwinding (glibc's
+    // pthread_exit would unwind through Rust's main and abort).
+    // SAFETY: the thread above references nothing on this thread's stack.
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
@@ -251,6 +266,7 @@ fn main() {
         "signals" => mode_signals(),
         "sigstop" => mode_sigstop(),
         "tracer" => mode_tracer(arg(1).parse().expect("tracer PID")),
+        "zombie-leader" => mode_zombie_leader(),
         other => {
             eprintln!("tracee-testee: unknown mode {other:?}");
             std::process::exit(2);

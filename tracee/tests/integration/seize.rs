@@ -14,8 +14,8 @@ fn churning_multithreaded_process_is_fully_stopped_then_left_running() {
     child.expect("ready");
     let pid = child.pid();
     let tracer = gettid().to_string();
-    for round in 0..5 {
-        let process = SeizedProcess::seize(pid, SeizeOptions::default()).expect("seize");
+    for round in 0..20 {
+        let mut process = SeizedProcess::seize(pid, SeizeOptions::default()).expect("seize");
         let tids = process.tids();
         // Everything stopped: the listing cannot change, and it is exactly what we hold.
         assert_eq!(
@@ -44,6 +44,14 @@ fn churning_multithreaded_process_is_fully_stopped_then_left_running() {
                 .iter()
                 .all(|t| t.stop == ThreadStop::Interrupted)
         );
+        // Threads stopped anywhere (inside clone, futex, mmap, user code): a remote call
+        // works in each, and each is itself.
+        for &tid in &tids {
+            let got = process
+                .remote_syscall(tid, libc::SYS_gettid as u64, [0; 6])
+                .expect("remote gettid");
+            assert_eq!(got, i64::from(tid), "round {round}");
+        }
         process.detach().expect("detach");
         assert_untraced(pid);
         child.send("ping");
@@ -96,6 +104,73 @@ fn seizing_a_thread_id_is_refused() {
         Err(SeizeError::NoSuchProcess { .. }) => {}
         other => panic!("expected NotAProcess, got {other:?}"),
     }
+}
+
+#[test]
+fn seizing_a_kernel_thread_is_not_permitted() {
+    let is_kthreadd = std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd");
+    if !is_kthreadd {
+        eprintln!("skipped: pid 2 is not kthreadd here (pid namespace?)");
+        return;
+    }
+    match SeizedProcess::seize(2, SeizeOptions::default()) {
+        Err(SeizeError::NotPermitted {
+            pid: 2,
+            tid: 2,
+            source,
+        }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EPERM));
+        }
+        other => panic!("expected NotPermitted, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_traceme_child_is_reported_as_traced_by_us() {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tracee-testee"));
+    command.arg("read").stdin(std::process::Stdio::piped());
+    // SAFETY: ptrace(PTRACE_TRACEME) is a plain system call, async-signal-safe, fine
+    // between fork and exec.
+    unsafe {
+        command.pre_exec(|| nix::sys::ptrace::traceme().map_err(std::io::Error::from));
+    }
+    let mut child = command.spawn().expect("spawn");
+    let pid = child.id() as i32;
+    // The legacy attach stops the child with SIGTRAP after exec.
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("waitpid");
+    assert!(matches!(
+        status,
+        nix::sys::wait::WaitStatus::Stopped(_, nix::sys::signal::SIGTRAP)
+    ));
+    match SeizedProcess::seize(pid, SeizeOptions::default()) {
+        Err(SeizeError::AlreadyTraced { tracer, .. }) => assert_eq!(tracer, gettid()),
+        other => panic!("expected AlreadyTraced, got {other:?}"),
+    }
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}
+
+#[test]
+fn a_zombie_leader_is_skipped_and_the_other_threads_are_seized() {
+    let mut child = Testee::spawn(&["zombie-leader"]);
+    child.expect("ready");
+    let pid = child.pid();
+    wait_until("the leader is a zombie", || {
+        status_field(pid, pid, "State").is_some_and(|s| s.starts_with('Z'))
+    });
+    let mut process = SeizedProcess::seize(pid, SeizeOptions::default()).expect("seize");
+    let tids = process.tids();
+    assert_eq!(tids.len(), 1, "only the live thread: {tids:?}");
+    assert_ne!(tids[0], pid);
+    let got = process
+        .remote_syscall(tids[0], libc::SYS_gettid as u64, [0; 6])
+        .expect("remote gettid");
+    assert_eq!(got, i64::from(tids[0]));
+    process.detach().expect("detach");
+    child.send("hi");
+    child.expect("got hi");
+    assert!(child.wait_exit().success());
 }
 
 #[test]
