@@ -290,6 +290,21 @@ pub enum RemoteError {
         /// The limit.
         limit: usize,
     },
+    /// After a failed call, the thread could not be put back (its registers and signal
+    /// mask may still be the injected ones): `cause` is the first failure, `source` the
+    /// failure of the recovery.
+    #[error("thread {tid} of process {pid} could not be restored after: {cause}")]
+    NotRestored {
+        /// The process.
+        pid: i32,
+        /// The thread.
+        tid: i32,
+        /// The failure that required the recovery.
+        cause: String,
+        /// Why the recovery failed.
+        #[source]
+        source: Box<RemoteError>,
+    },
     /// Waiting for the thread failed unexpectedly.
     #[error("waiting for thread {tid} of process {pid} failed")]
     Wait {

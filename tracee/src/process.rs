@@ -41,6 +41,16 @@
 //! stopped before we came. `kill()` sends SIGKILL instead and reaps the threads (and the
 //! process itself when it is our child).
 //!
+//! # Known limits
+//!
+//! - A thread that cannot take a signal-like interruption does not stop until it can:
+//!   the parent of a `vfork` waits (killable only) until its child execs or exits, and a
+//!   thread in uninterruptible sleep (`D`) until the kernel wakes it. Seizing then fails
+//!   with [`SeizeError::Timeout`] after the configured bound and lets everything go.
+//! - An `execve` racing with seize is followed only as far as the kernel reports it: the
+//!   exec'ing thread takes over the leader's tid and the other threads vanish; what is
+//!   seized in the end is the new program.
+//!
 //! # The tracer is a thread
 //!
 //! Linux ties a tracee to the *thread* that attached, not to its process: ptrace
@@ -102,8 +112,9 @@ impl SeizeOptions {
         self
     }
 
-    /// `PTRACE_O_EXITKILL`: if the tracing thread exits while still attached, the kernel
-    /// kills the tracee (a restore helper must not outlive its agent). Default off.
+    /// `PTRACE_O_EXITKILL`: if the tracing *thread* exits while still attached, the kernel
+    /// kills the tracee (a restore helper must not outlive its agent half-built). No
+    /// effect after detach. Default off.
     pub fn exit_kill(mut self, exit_kill: bool) -> Self {
         self.exit_kill = exit_kill;
         self

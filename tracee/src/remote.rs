@@ -47,10 +47,25 @@
 //! returned. A blocking remote call that times out is interrupted (it then returns
 //! `-ERESTART*`/`-EINTR` inside the tracee, which we discard).
 //!
-//! Limits: the injected call runs with every signal blocked, so calls that read or wait
-//! for signals see that mask; a thread stopped inside an rseq critical section may have its
-//! `rseq_cs` cleared by the kernel without the section being aborted (capture should
-//! apply CRIU's fix-up of moving `rip` to the abort handler).
+//! # Limits
+//!
+//! - The injected call runs with every signal blocked, so calls that read or wait for
+//!   signals see that mask.
+//! - Each call returns to user mode once (at the site, to execute it), where the kernel
+//!   may update the thread's registered rseq area (`cpu_id`). If that memory is registered
+//!   with userfaultfd, the fault server must already be running, or the call blocks until
+//!   the timeout.
+//! - A thread stopped inside an rseq critical section may have its `rseq_cs` cleared by
+//!   the kernel without the section being aborted; capture should apply CRIU's fix-up
+//!   (move `rip` to the abort handler) before relying on such a thread's registers.
+//! - A call that blocks in uninterruptible sleep cannot be interrupted at the timeout;
+//!   the thread then keeps the injected registers and the call returns
+//!   [`RemoteError::NotRestored`].
+//!
+//! The call's own return to `site + 2` is never executed: the thread is stopped at the
+//! system-call exit and given new registers, so a call may unmap or move the very mapping
+//! that holds the site (restore `mremap`s the vdso) — afterwards, point the session at
+//! the new site with [`RemoteSession::set_syscall_site`].
 
 use std::io;
 
@@ -123,7 +138,8 @@ impl SeizedProcess {
     }
 
     /// Uses `addr` as the syscall site from now on, after checking that it holds `0f 05`
-    /// inside an executable mapping. Restore calls this after moving the helper's vdso.
+    /// inside an executable mapping. Restore calls this after moving the helper's vdso:
+    /// the new site is `new_vdso_start + (old_site - old_vdso_start)`.
     pub fn set_syscall_site(&mut self, addr: u64) -> Result<(), RemoteError> {
         let maps = procfs::process::Process::new(self.mm_tid())
             .and_then(|p| p.maps())
@@ -441,21 +457,19 @@ impl RemoteSession<'_> {
     }
 
     /// Puts the thread back (keeping signals blocked, so the session stays usable) and
-    /// returns `error`, or the recovery's own error if that failed too.
+    /// returns `error`, or [`RemoteError::NotRestored`] if the recovery failed too.
     fn recover(&mut self, error: RemoteError) -> RemoteError {
         if self.position == Position::Gone {
             return error;
         }
         match self.settle(false) {
             Ok(()) => error,
-            Err(settle_error) => {
-                log::error!(
-                    "process {} thread {}: cannot restore after {error}: {settle_error}",
-                    self.pid,
-                    self.tid
-                );
-                error
-            }
+            Err(settle_error) => RemoteError::NotRestored {
+                pid: self.pid,
+                tid: self.tid,
+                cause: error.to_string(),
+                source: Box::new(settle_error),
+            },
         }
     }
 
