@@ -115,7 +115,10 @@ impl Support {
         if missing.is_empty() {
             Ok(())
         } else {
-            Err(MissingFeatures { missing, supported: self.features })
+            Err(MissingFeatures {
+                missing,
+                supported: self.features,
+            })
         }
     }
 }

@@ -80,17 +80,25 @@ pub enum HandshakeError {
 /// ([`HandshakeError::AlreadyDone`]), or some features are missing, named by a
 /// probe on a throwaway fd ([`HandshakeError::Unsupported`]).
 pub fn handshake(fd: BorrowedFd<'_>, features: Features) -> Result<Support, HandshakeError> {
-    let mut arg = sys::uffdio_api { api: sys::UFFD_API, features: features.bits(), ioctls: 0 };
+    let mut arg = sys::uffdio_api {
+        api: sys::UFFD_API,
+        features: features.bits(),
+        ioctls: 0,
+    };
     match sys::api(fd, &mut arg) {
         Ok(()) => Ok(Support {
             features: Features::from_bits_retain(arg.features),
             ioctls: Ioctls::from_bits_retain(arg.ioctls),
         }),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            Err(HandshakeError::NotPermitted { requested: features, source: e })
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Err(HandshakeError::NotPermitted {
+            requested: features,
+            source: e,
+        }),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(explain_einval(fd, features, e)),
-        Err(e) => Err(HandshakeError::Rejected { requested: features, source: e }),
+        Err(e) => Err(HandshakeError::Rejected {
+            requested: features,
+            source: e,
+        }),
     }
 }
 
@@ -98,14 +106,24 @@ fn explain_einval(fd: BorrowedFd<'_>, features: Features, err: io::Error) -> Han
     if let Ok(HandshakeState::Done { features: enabled }) = handshake_state(fd) {
         return HandshakeError::AlreadyDone { enabled };
     }
-    match probe(&OpenOptions::new()) {
+    // A user-mode-only fd reports the same features and is what an
+    // unprivileged caller may create.
+    let probed =
+        probe(&OpenOptions::new()).or_else(|_| probe(&OpenOptions::new().user_mode_only(true)));
+    match probed {
         Ok(support) => match support.require(features) {
             Err(missing) => HandshakeError::Unsupported(missing),
-            Ok(()) => HandshakeError::Rejected { requested: features, source: err },
+            Ok(()) => HandshakeError::Rejected {
+                requested: features,
+                source: err,
+            },
         },
         Err(probe_err) => {
             log::debug!("probing userfaultfd features to explain EINVAL failed: {probe_err}");
-            HandshakeError::Rejected { requested: features, source: err }
+            HandshakeError::Rejected {
+                requested: features,
+                source: err,
+            }
         }
     }
 }
@@ -181,7 +199,9 @@ pub fn handshake_state(fd: BorrowedFd<'_>) -> Result<HandshakeState, FdinfoError
 /// Parses the `API:` line of a userfaultfd's fdinfo; `None` if there is none.
 fn parse_fdinfo(text: &str) -> Option<Result<HandshakeState, FdinfoError>> {
     let line = text.lines().find_map(|l| l.strip_prefix("API:"))?;
-    let malformed = || FdinfoError::Malformed { line: format!("API:{line}") };
+    let malformed = || FdinfoError::Malformed {
+        line: format!("API:{line}"),
+    };
     let mut fields = line.trim().split(':').map(|h| u64::from_str_radix(h, 16));
     let (Some(Ok(api)), Some(Ok(features)), Some(Ok(_ioctls)), None) =
         (fields.next(), fields.next(), fields.next(), fields.next())
@@ -195,7 +215,9 @@ fn parse_fdinfo(text: &str) -> Option<Result<HandshakeState, FdinfoError>> {
         HandshakeState::NotDone
     } else {
         let features = features & !sys::UFFD_FEATURE_INITIALIZED;
-        HandshakeState::Done { features: Features::from_bits_retain(features) }
+        HandshakeState::Done {
+            features: Features::from_bits_retain(features),
+        }
     };
     Some(Ok(state))
 }
@@ -208,7 +230,10 @@ mod tests {
     fn parses_fdinfo_states() {
         let before = "pos:\t0\nflags:\t02004000\nmnt_id:\t17\nino:\t13125\npending:\t0\n\
                       total:\t0\nAPI:\taa:0:80000000000001ff\n";
-        assert!(matches!(parse_fdinfo(before), Some(Ok(HandshakeState::NotDone))));
+        assert!(matches!(
+            parse_fdinfo(before),
+            Some(Ok(HandshakeState::NotDone))
+        ));
         let after = "pending:\t0\ntotal:\t0\nAPI:\taa:80000102:80000000000001ff\n";
         assert!(matches!(
             parse_fdinfo(after),
@@ -225,9 +250,18 @@ mod tests {
     #[test]
     fn rejects_bad_fdinfo() {
         assert!(parse_fdinfo("pos:\t0\nflags:\t02\n").is_none());
-        assert!(matches!(parse_fdinfo("API:\tzz:0:0\n"), Some(Err(FdinfoError::Malformed { .. }))));
-        assert!(matches!(parse_fdinfo("API:\taa:0\n"), Some(Err(FdinfoError::Malformed { .. }))));
-        assert!(matches!(parse_fdinfo("API:\taa:0:0:0\n"), Some(Err(FdinfoError::Malformed { .. }))));
+        assert!(matches!(
+            parse_fdinfo("API:\tzz:0:0\n"),
+            Some(Err(FdinfoError::Malformed { .. }))
+        ));
+        assert!(matches!(
+            parse_fdinfo("API:\taa:0\n"),
+            Some(Err(FdinfoError::Malformed { .. }))
+        ));
+        assert!(matches!(
+            parse_fdinfo("API:\taa:0:0:0\n"),
+            Some(Err(FdinfoError::Malformed { .. }))
+        ));
         assert!(matches!(
             parse_fdinfo("API:\tab:0:0\n"),
             Some(Err(FdinfoError::UnknownApi { api: 0xab }))

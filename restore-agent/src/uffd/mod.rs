@@ -3,8 +3,10 @@
 //! with typed, exactly mapped errors.
 //!
 //! This is the thin, policy-free layer the page store, fault server and prefetch
-//! pool are built on. Everything is a safe function over a [`BorrowedFd`]
-//! (or the owning [`Userfaultfd`]); the only `unsafe` code is in `sys.rs`.
+//! pool are built on. Everything is safe: the range ioctls take any
+//! [`BorrowedFd`]; reading messages takes a [`Userfaultfd`], because it trusts
+//! the FORK messages it reads (see [`MsgBuffer`]). The only `unsafe` code is in
+//! `sys.rs`.
 //!
 //! ```text
 //!  OpenOptions::create ─┐                      ┌─► register / unregister
@@ -29,15 +31,17 @@
 //! - Faults happen only where no page is present: pages populated before the
 //!   range was registered never fault (MISSING mode), and a page fills only once:
 //!   a fill of a page that is already present fails with `EEXIST`
-//!   ([`FillError::Exists`]). `EEXIST` is normal when a prefetcher and the fault
-//!   path race; the waiter still needs a wake (the winner's fill woke only the
-//!   waiters it knew of). *(tested)*
+//!   ([`FillError::Exists`]) and changes nothing. *(tested)* `EEXIST` is normal
+//!   when a prefetcher and the fault path race. Whoever filled the page woke
+//!   the threads waiting then, unless it used `DONTWAKE`: so on `EEXIST` a
+//!   server issues a [`wake`] for the page (cheap, and harmless if nobody waits).
 //! - Several threads faulting on one page give one message each; the first fill
 //!   wakes them all. A fault message can also be read *after* its fault was
 //!   resolved by a concurrent fill; filling it again gives `EEXIST`.
 //! - The faulting address is rounded down to the page unless `EXACT_ADDRESS`;
-//!   flags say write / WP / MINOR; with `THREAD_ID` the message names the
-//!   faulting thread (as seen in its own pid namespace). *(tested)*
+//!   flags say write / WP / MINOR (a read has none); with `THREAD_ID` the
+//!   message names the faulting thread (as seen in its own pid namespace).
+//!   *(tested)*
 //! - Kernel-mode accesses (a `read(2)` into the range, `process_vm_readv`) fault
 //!   and wait too, unless the fd was created user-mode-only (they get `EFAULT`).
 //! - With the `SIGBUS` feature no message is sent: the faulting thread gets
@@ -45,11 +49,11 @@
 //!
 //! ## Waking and batching
 //!
-//! By default each fill wakes the threads waiting on the range it filled (only
-//! that range: a thread waiting on a neighbouring page is not woken). With
+//! By default each fill wakes the threads waiting on the range it filled, and
+//! only that range (the kernel matches each waiter's address against it). With
 //! `DONTWAKE` nobody is woken: fill a batch of ranges with `DONTWAKE`, then issue
-//! one [`wake`] over the whole batch. A thread woken before its page is present
-//! simply faults again (and a new message is queued). *(tested)*
+//! one [`wake`] over the whole batch. *(tested)* A thread woken while its page
+//! is still missing simply faults again, and a new message is queued. *(tested)*
 //!
 //! ## Non-cooperative events (FORK, REMAP, REMOVE, UNMAP)
 //!
@@ -62,17 +66,20 @@
 //!   reader's fd table*; this layer wraps it into an [`OwnedFd`] inside the read,
 //!   so it is never leaked. The child's faults arrive on that descriptor only;
 //!   parent and child are served independently. Pages present in the parent at
-//!   fork time are copied into the child (copy-on-write) and do not fault. A
-//!   `fork()` that fails or is interrupted can still produce a (stale) FORK
-//!   event (ioctl_userfaultfd(2), BUGS). *(tested)*
-//! - `REMOVE` (`MADV_DONTNEED`, `MADV_REMOVE`): sent *before* the kernel zaps the
-//!   range. The range stays registered; its pages fault again later and must be
-//!   served as zeros, never with old contents. *(tested)*
-//! - `UNMAP` (`munmap()`, and the old range of some `mremap()`s): sent after
-//!   the range is gone; it no longer faults and must no longer be filled (a fill
-//!   then fails with `ENOENT` or `EINVAL`). *(tested)*
+//!   fork time are copied into the child (copy-on-write) and do not fault.
+//!   *(tested)* A `fork()` that fails or is interrupted can still produce a
+//!   (stale) FORK event (ioctl_userfaultfd(2), BUGS).
+//! - `REMOVE` (`MADV_DONTNEED`, `MADV_REMOVE`): the range stays registered; its
+//!   pages fault again later and must be served as zeros, never with old
+//!   contents. *(tested)* The event is sent *before* the kernel zaps the range
+//!   (`mm/madvise.c`), and fills are refused with `EAGAIN` until it is read.
+//! - `UNMAP` (`munmap()`, a shrinking `mremap()`, and the old range of a
+//!   moving `mremap()`): sent after the range is gone; it no longer faults and
+//!   must no longer be filled (a fill there fails with `ENOENT`). *(tested)*
 //! - `REMAP` (`mremap()` moving a range): `from`, `to`, `len`; the pages and the
-//!   registration moved with the range: state follows it. *(tested)*
+//!   registration moved with the range: state follows it. With `EVENT_UNMAP`
+//!   too, a move is reported as REMAP *then* UNMAP of the old range, so the
+//!   UNMAP must not drop the state REMAP just moved. *(tested)*
 //! - Without the matching feature the kernel does not stop the operation: it
 //!   silently drops the registration (FORK: the child is not registered; REMAP:
 //!   the moved range is unregistered).
@@ -95,9 +102,10 @@
 //!
 //! When the target process has exited, fills fail with `ESRCH`
 //! ([`FillError::TargetGone`]) and [`register`] with `ENOMEM`. *(tested)*
-//! Closing the userfaultfd unregisters everything and wakes every waiter:
-//! unserved pages then read as zeros (anonymous memory), so a restore agent must
-//! not let the target outlive it unnoticed.
+//! Closing the userfaultfd (the last descriptor of it) unregisters everything
+//! and wakes every waiter: unserved pages then read as zeros (anonymous
+//! memory). *(tested)* So a restore agent must not let the target outlive it
+//! unnoticed.
 //!
 //! ## Per-ioctl notes
 //!
@@ -106,21 +114,23 @@
 //!   [`register`]); serve zero hugepages with a `COPY` of zeros.
 //! - `CONTINUE` resolves MINOR faults (shmem / hugetlbfs): the page is already in
 //!   the page cache (written through another mapping or the file), only its
-//!   mapping was missing. *(tested)*
-//! - `POISON` installs a marker: any later access to the page raises SIGBUS in
-//!   the accessing thread, as for a hardware memory error, until the range is
-//!   unmapped or dropped with `MADV_DONTNEED`. Used when a snapshot chunk is
-//!   corrupt: the process dies on the bad page instead of reading wrong bytes.
+//!   mapping was missing; without a page-cache page it fails with `EFAULT`.
 //!   *(tested)*
+//! - `POISON` installs a marker: any later access to the page raises SIGBUS in
+//!   the accessing thread, as for a hardware memory error. Used when a snapshot
+//!   chunk is corrupt: the process dies on the bad page instead of reading
+//!   wrong bytes. The marker counts as present for `ZEROPAGE` and `POISON`
+//!   (`EEXIST`) but a `COPY` replaces it. *(tested)*
 //! - `MOVE` remaps the source pages to the destination without copying (huge
-//!   pages stay huge). The source must be private anonymous memory **in the
-//!   userfaultfd's own address space**, so it suits in-process restore only;
-//!   the destination must be registered and missing (`EEXIST` otherwise); a
-//!   hole in the source gives `ENOENT` unless `ALLOW_SRC_HOLES`; a page pinned
-//!   or shared with another process gives `EBUSY`. *(tested)*
-//! - `WRITEPROTECT` needs a WP-registered range (and the `PAGEFAULT_FLAG_WP`
-//!   feature); clearing protection wakes the threads blocked on WP faults
-//!   there unless `DONTWAKE`. *(tested)*
+//!   pages stay huge: measured, see DESIGN.md). The source must be private
+//!   anonymous memory **in the userfaultfd's own address space**, so it suits
+//!   in-process restore only; the destination must be registered and missing
+//!   (`EEXIST` otherwise); a hole in the source gives `ENOENT` unless
+//!   `ALLOW_SRC_HOLES`; a page shared with another process (copy-on-write after
+//!   a fork) or pinned gives `EBUSY`. *(tested)*
+//! - `WRITEPROTECT` needs a WP-registered range (`ENOENT` otherwise); clearing
+//!   protection wakes the threads blocked on WP faults there unless `DONTWAKE`.
+//!   *(tested)*
 //!
 //! ## Descriptors from elsewhere
 //!
@@ -129,7 +139,8 @@
 //! usually had its handshake done by its creator, and a second `UFFDIO_API`
 //! fails with `EINVAL`. [`Userfaultfd::adopt`] reads the state from fdinfo
 //! ([`handshake_state`]) and either does the handshake or takes the creator's
-//! features; [`Userfaultfd::from_initialized`] skips all checks. *(tested)*
+//! features; [`Userfaultfd::from_initialized`] takes the caller's word for
+//! both. Either checks first that the fd is a userfaultfd at all. *(tested)*
 
 mod features;
 mod flags;
@@ -148,7 +159,7 @@ pub use handshake::{
     FdinfoError, HandshakeError, HandshakeState, MAX_FDINFO_LEN, handshake, handshake_state, probe,
 };
 pub use msg::{
-    DecodeError, Drain, Event, MAX_MSGS_PER_READ, MsgBuffer, PageFault, PageFaultFlags,
+    DecodeError, Drain, Event, ForkedUffd, MAX_MSGS_PER_READ, MsgBuffer, PageFault, PageFaultFlags,
     read_messages,
 };
 pub use open::{CreateError, OpenOptions, Source};
@@ -163,7 +174,11 @@ const USERFAULTFD_LINK: &str = "anon_inode:[userfaultfd]";
 
 /// An initialised userfaultfd (its `UFFDIO_API` handshake is done) and the
 /// features enabled on it. Closing it (drop) unregisters every range it holds
-/// and wakes every waiter.
+/// and wakes every waiter (once no other descriptor refers to it).
+///
+/// Invariant: the descriptor is a userfaultfd. Every constructor makes sure of
+/// it (created here, checked through `/proc/self/fd`, or handed over by the
+/// kernel in a FORK message); [`read_messages`] relies on it for soundness.
 #[derive(Debug)]
 pub struct Userfaultfd {
     fd: OwnedFd,
@@ -206,47 +221,60 @@ impl Userfaultfd {
     /// - If its handshake is not done yet, does it with `required`; otherwise
     ///   checks the creator enabled every feature of `required`.
     pub fn adopt(fd: OwnedFd, required: Features) -> Result<Self, AdoptError> {
+        check_is_userfaultfd(&fd)?;
         let raw = fd.as_raw_fd();
-        let link = std::fs::read_link(format!("/proc/self/fd/{raw}"))
-            .map_err(|source| AdoptError::Inspect { fd: raw, source })?;
-        if link.as_os_str() != USERFAULTFD_LINK {
-            return Err(AdoptError::NotUserfaultfd { fd: raw, target: link });
-        }
-        let flags = rustix::fs::fcntl_getfl(&fd)
-            .map_err(|e| AdoptError::Inspect { fd: raw, source: e.into() })?;
+        let flags = rustix::fs::fcntl_getfl(&fd).map_err(|e| AdoptError::Inspect {
+            fd: raw,
+            source: e.into(),
+        })?;
         if !flags.contains(rustix::fs::OFlags::NONBLOCK) {
-            rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)
-                .map_err(|e| AdoptError::Inspect { fd: raw, source: e.into() })?;
+            rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK).map_err(|e| {
+                AdoptError::Inspect {
+                    fd: raw,
+                    source: e.into(),
+                }
+            })?;
         }
         match handshake_state(fd.as_fd())? {
             HandshakeState::NotDone => {
                 handshake(fd.as_fd(), required)?;
-                Ok(Self { fd, features: required })
+                Ok(Self {
+                    fd,
+                    features: required,
+                })
             }
             HandshakeState::Done { features } => {
                 let missing = required - features;
                 if missing.is_empty() {
                     Ok(Self { fd, features })
                 } else {
-                    Err(AdoptError::NotEnabled { missing, enabled: features })
+                    Err(AdoptError::NotEnabled {
+                        missing,
+                        enabled: features,
+                    })
                 }
             }
         }
     }
 
     /// Wraps a userfaultfd whose handshake is known to be done, with the
-    /// features its creator enabled, without any check or system call.
+    /// features its creator enabled: no handshake, no probe of its state, no
+    /// change of its flags. Only checks that `fd` is a userfaultfd.
     ///
     /// Use it when the sender's protocol says so; [`adopt`](Self::adopt)
     /// finds out by itself.
-    pub fn from_initialized(fd: OwnedFd, features: Features) -> Self {
-        Self { fd, features }
+    pub fn from_initialized(fd: OwnedFd, features: Features) -> Result<Self, AdoptError> {
+        check_is_userfaultfd(&fd)?;
+        Ok(Self { fd, features })
     }
 
     /// Wraps the child's userfaultfd of a FORK event: the kernel copied the
     /// parent's context, so it has the parent's features and is initialised.
-    pub fn from_fork(uffd: OwnedFd, parent: &Userfaultfd) -> Self {
-        Self { fd: uffd, features: parent.features }
+    pub fn from_fork(child: ForkedUffd, parent: &Userfaultfd) -> Self {
+        Self {
+            fd: child.into_fd(),
+            features: parent.features,
+        }
     }
 
     /// The features enabled on this userfaultfd.
@@ -257,6 +285,22 @@ impl Userfaultfd {
     /// Gives the descriptor back.
     pub fn into_fd(self) -> OwnedFd {
         self.fd
+    }
+}
+
+/// Checks through `/proc/self/fd` that `fd` is a userfaultfd (it may come from
+/// an untrusted peer).
+fn check_is_userfaultfd(fd: &OwnedFd) -> Result<(), AdoptError> {
+    let raw = fd.as_raw_fd();
+    let link = std::fs::read_link(format!("/proc/self/fd/{raw}"))
+        .map_err(|source| AdoptError::Inspect { fd: raw, source })?;
+    if link.as_os_str() == USERFAULTFD_LINK {
+        Ok(())
+    } else {
+        Err(AdoptError::NotUserfaultfd {
+            fd: raw,
+            target: link,
+        })
     }
 }
 
@@ -294,7 +338,9 @@ pub enum AdoptError {
     Handshake(#[from] HandshakeError),
     /// Its creator did the handshake without some required features (they
     /// cannot be added afterwards).
-    #[error("received userfaultfd lacks required features {missing} (its creator enabled: {enabled})")]
+    #[error(
+        "received userfaultfd lacks required features {missing} (its creator enabled: {enabled})"
+    )]
     NotEnabled {
         /// Required features not enabled.
         missing: Features,

@@ -12,17 +12,23 @@
 //! ```
 //!
 //! A FORK message means the kernel has *installed a new descriptor in our table*
-//! during the read. The descriptor is wrapped into an [`OwnedFd`] inside the read
-//! itself, before the caller sees any message, so it cannot leak: if the caller
-//! drops the buffer, or reads again without draining, the unclaimed descriptor
-//! is closed (which detaches the child from userfaultfd: its registered ranges
-//! then fault like ordinary memory).
+//! during the read. The descriptor is wrapped into an owned [`ForkedUffd`] inside
+//! the read itself, before the caller sees any message, so it cannot leak: if
+//! the caller drops the buffer, or reads again without draining, the unclaimed
+//! descriptor is closed (which detaches the child from userfaultfd: its
+//! registered ranges then fault like ordinary memory).
+//!
+//! Taking ownership of a number found in the data is only sound if the data
+//! really comes from a userfaultfd: a pipe could carry a forged FORK message
+//! naming any fd of the process. That is why [`read_messages`] takes a
+//! [`Userfaultfd`], whose constructors guarantee it is one, and not any fd.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use linux_raw_sys::general as k;
 
+use super::Userfaultfd;
 use super::flags::flag_set;
 use super::sys;
 
@@ -61,10 +67,11 @@ pub enum Event {
     /// A thread is blocked on a page of a registered range.
     PageFault(PageFault),
     /// The target forked; `uffd` is the child's new userfaultfd, already
-    /// initialised with the parent context's features and registrations.
+    /// initialised with the parent context's features and registrations
+    /// (wrap it with [`Userfaultfd::from_fork`]).
     Fork {
         /// The child's userfaultfd (owned: closed on drop).
-        uffd: OwnedFd,
+        uffd: ForkedUffd,
     },
     /// A registered range was moved by `mremap()`.
     Remap {
@@ -91,6 +98,25 @@ pub enum Event {
         /// End of the range (exclusive).
         end: u64,
     },
+}
+
+/// The child's userfaultfd from a FORK message: a descriptor the kernel
+/// installed for us during the read. Only this module creates it, which is
+/// what lets [`Userfaultfd::from_fork`] trust it without a check.
+#[derive(Debug)]
+pub struct ForkedUffd(OwnedFd);
+
+impl ForkedUffd {
+    /// The descriptor.
+    pub fn into_fd(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl AsFd for ForkedUffd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 /// A message that could not be decoded.
@@ -189,22 +215,31 @@ impl ExactSizeIterator for Drain<'_> {}
 /// readable `poll()` is no promise either: a fault can be resolved, and leave
 /// the queue, between `poll()` and `read()`). On a blocking fd the call waits
 /// for the first message.
-pub fn read_messages(fd: BorrowedFd<'_>, buf: &mut MsgBuffer) -> io::Result<usize> {
+pub fn read_messages(uffd: &Userfaultfd, buf: &mut MsgBuffer) -> io::Result<usize> {
+    // Undrained FORK descriptors of the previous read are closed here (only
+    // its slots can hold one).
+    buf.fds[..buf.len].iter_mut().for_each(|slot| *slot = None);
     buf.len = 0;
     buf.pos = 0;
-    // Undrained FORK descriptors of the previous read are closed here.
-    buf.fds.iter_mut().for_each(|slot| *slot = None);
-    let count = sys::read_messages(fd, &mut buf.raw, &mut buf.fds)?;
+    let count = sys::read_messages(uffd, &mut buf.raw, &mut buf.fds)?;
     buf.len = count;
     Ok(count)
 }
 
 fn u64_at(raw: &[u8], offset: usize) -> u64 {
-    u64::from_ne_bytes(raw[offset..offset + 8].try_into().expect("8-byte field inside a message"))
+    u64::from_ne_bytes(
+        raw[offset..offset + 8]
+            .try_into()
+            .expect("8-byte field inside a message"),
+    )
 }
 
 fn u32_at(raw: &[u8], offset: usize) -> u32 {
-    u32::from_ne_bytes(raw[offset..offset + 4].try_into().expect("4-byte field inside a message"))
+    u32::from_ne_bytes(
+        raw[offset..offset + 4]
+            .try_into()
+            .expect("4-byte field inside a message"),
+    )
 }
 
 /// Decodes one 32-byte message; `fork_fd` is its descriptor slot.
@@ -220,8 +255,12 @@ fn decode(raw: &[u8], fork_fd: &mut Option<OwnedFd>) -> Result<Event, DecodeErro
             }))
         }
         k::UFFD_EVENT_FORK => match fork_fd.take() {
-            Some(uffd) => Ok(Event::Fork { uffd }),
-            None => Err(DecodeError::BadForkFd { raw: u32_at(raw, sys::MSG_FORK_UFD) }),
+            Some(fd) => Ok(Event::Fork {
+                uffd: ForkedUffd(fd),
+            }),
+            None => Err(DecodeError::BadForkFd {
+                raw: u32_at(raw, sys::MSG_FORK_UFD),
+            }),
         },
         k::UFFD_EVENT_REMAP => Ok(Event::Remap {
             from: u64_at(raw, sys::MSG_REMAP_FROM),
@@ -277,24 +316,37 @@ mod tests {
         let raw = msg(k::UFFD_EVENT_REMAP, [0x1000, 0x9000, 0x3000]);
         assert!(matches!(
             decode(&raw, &mut None),
-            Ok(Event::Remap { from: 0x1000, to: 0x9000, len: 0x3000 })
+            Ok(Event::Remap {
+                from: 0x1000,
+                to: 0x9000,
+                len: 0x3000
+            })
         ));
         let raw = msg(k::UFFD_EVENT_REMOVE, [0x2000, 0x4000, 0]);
         assert!(matches!(
             decode(&raw, &mut None),
-            Ok(Event::Remove { start: 0x2000, end: 0x4000 })
+            Ok(Event::Remove {
+                start: 0x2000,
+                end: 0x4000
+            })
         ));
         let raw = msg(k::UFFD_EVENT_UNMAP, [0x2000, 0x4000, 0]);
         assert!(matches!(
             decode(&raw, &mut None),
-            Ok(Event::Unmap { start: 0x2000, end: 0x4000 })
+            Ok(Event::Unmap {
+                start: 0x2000,
+                end: 0x4000
+            })
         ));
     }
 
     #[test]
     fn unknown_event_and_fork_without_fd_are_typed_errors() {
         let raw = msg(0x7e, [0; 3]);
-        assert_eq!(decode(&raw, &mut None).unwrap_err(), DecodeError::UnknownEvent { event: 0x7e });
+        assert_eq!(
+            decode(&raw, &mut None).unwrap_err(),
+            DecodeError::UnknownEvent { event: 0x7e }
+        );
         let raw = msg(k::UFFD_EVENT_FORK, [u64::from(u32::MAX), 0, 0]);
         assert_eq!(
             decode(&raw, &mut None).unwrap_err(),

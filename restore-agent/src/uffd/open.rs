@@ -50,7 +50,12 @@ impl Default for OpenOptions {
 impl OpenOptions {
     /// The defaults (see the type's docs).
     pub const fn new() -> Self {
-        Self { close_on_exec: true, non_blocking: true, user_mode_only: false, source: Source::Auto }
+        Self {
+            close_on_exec: true,
+            non_blocking: true,
+            user_mode_only: false,
+            source: Source::Auto,
+        }
     }
 
     /// `O_CLOEXEC` (default true).
@@ -102,17 +107,22 @@ impl OpenOptions {
     pub fn create(&self) -> Result<OwnedFd, CreateError> {
         let flags = self.flags();
         match self.source {
-            Source::Device => {
-                from_device(flags).map_err(|e| CreateError { device: Some(e), syscall: None })
-            }
-            Source::Syscall => sys::userfaultfd_syscall(flags)
-                .map_err(|e| CreateError { device: None, syscall: Some(e) }),
+            Source::Device => from_device(flags).map_err(|e| CreateError {
+                device: Some(e),
+                syscall: None,
+            }),
+            Source::Syscall => sys::userfaultfd_syscall(flags).map_err(|e| CreateError {
+                device: None,
+                syscall: Some(e),
+            }),
             Source::Auto => match from_device(flags) {
                 Ok(fd) => Ok(fd),
                 Err(device) => {
                     log::debug!("{}: {device}; trying userfaultfd(2)", sys::DEV_USERFAULTFD);
-                    sys::userfaultfd_syscall(flags)
-                        .map_err(|e| CreateError { device: Some(device), syscall: Some(e) })
+                    sys::userfaultfd_syscall(flags).map_err(|e| CreateError {
+                        device: Some(device),
+                        syscall: Some(e),
+                    })
                 }
             },
         }
@@ -120,7 +130,11 @@ impl OpenOptions {
 }
 
 fn from_device(flags: u32) -> io::Result<OwnedFd> {
-    let dev = rustix::fs::open(sys::DEV_USERFAULTFD, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+    let dev = rustix::fs::open(
+        sys::DEV_USERFAULTFD,
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     sys::userfaultfd_ioc_new(dev.as_fd(), flags)
 }
 

@@ -1,9 +1,10 @@
 //! Safe wrappers over the range ioctls, with exact errno mapping.
 //!
 //! Every wrapper takes the userfaultfd as a [`BorrowedFd`], so it works the same
-//! on a [`Userfaultfd`](super::Userfaultfd), a child's descriptor from a FORK
-//! message, or any fd the caller manages. Addresses are `u64`: they are
-//! addresses in the userfaultfd's address space, which need not be ours.
+//! on a [`Userfaultfd`](super::Userfaultfd) or any fd the caller manages (the
+//! `0xAA` ioctl group is reserved for userfaultfd, ioctl-number.rst: other fds
+//! refuse these numbers with `ENOTTY`). Addresses are `u64`: they are addresses
+//! in the userfaultfd's address space, which need not be ours.
 //!
 //! The ioctls that fill pages (`COPY`, `ZEROPAGE`, `CONTINUE`, `POISON`, `MOVE`)
 //! share one outcome type, [`FillError`], because the fault server branches on
@@ -14,11 +15,11 @@
 //! | —        | `Ok(len)`                  | done; waiters woken unless `DONTWAKE`     |
 //! | `EEXIST` | [`FillError::Exists`]      | page already there: `wake()` and move on  |
 //! | `EAGAIN` | [`FillError::Again`]       | read events, then retry from `done`       |
-//! | `ENOENT` | [`FillError::NoEntry`]     | range gone (COPY) / source hole (MOVE)    |
+//! | `ENOENT` | [`FillError::NoEntry`]     | range unmapped or not ours / source hole  |
 //! | `ESRCH`  | [`FillError::TargetGone`]  | the target process exited: stop serving   |
 //! | `ENOMEM` | [`FillError::NoMemory`]    | kernel out of memory                      |
 //! | `EBUSY`  | [`FillError::Busy`]        | MOVE: page pinned or shared: COPY instead |
-//! | `EINVAL` | [`FillError::Invalid`]     | bad alignment, mode, or unregistered range|
+//! | `EINVAL` | [`FillError::Invalid`]     | misaligned, bad mode, unsupported ioctl   |
 //!
 //! Partial progress: the kernel reports how many bytes it handled in the last
 //! field of the ioctl structure, and turns *every* partial result into `EAGAIN`
@@ -49,7 +50,10 @@ impl Range {
     }
 
     fn raw(self) -> sys::uffdio_range {
-        sys::uffdio_range { start: self.start, len: self.len }
+        sys::uffdio_range {
+            start: self.start,
+            len: self.len,
+        }
     }
 }
 
@@ -58,7 +62,8 @@ flag_set! {
     pub struct RegisterMode;
     /// Faults on pages that are not present (anonymous, shmem, hugetlbfs).
     const MISSING = linux_raw_sys::general::UFFDIO_REGISTER_MODE_MISSING;
-    /// Writes to write-protected pages (needs `PAGEFAULT_FLAG_WP`).
+    /// Writes to write-protected pages (the kernel advertises support with
+    /// the `PAGEFAULT_FLAG_WP` feature).
     const WP = linux_raw_sys::general::UFFDIO_REGISTER_MODE_WP;
     /// Faults on pages present in the page cache but not mapped (shmem,
     /// hugetlbfs; needs `MINOR_SHMEM` / `MINOR_HUGETLBFS`).
@@ -139,10 +144,10 @@ pub enum FillError {
         /// Bytes handled before the stop (0 when refused up front).
         done: u64,
     },
-    /// `ENOENT`: COPY / ZEROPAGE / CONTINUE / POISON: the destination is no
-    /// longer mapped or registered (it was unmapped while the call raced);
-    /// CONTINUE: no page in the page cache; MOVE: a hole in the source (see
-    /// [`MoveMode::ALLOW_SRC_HOLES`]).
+    /// `ENOENT`: the destination is not mapped, or not registered with this
+    /// userfaultfd (e.g. it was unmapped: an UNMAP event is or was pending);
+    /// MOVE: also a hole in the source (see [`MoveMode::ALLOW_SRC_HOLES`]);
+    /// WRITEPROTECT: the range is not registered in WP mode.
     #[error("no such page or mapping (ENOENT)")]
     NoEntry,
     /// `ESRCH`: the target address space is gone (the process exited).
@@ -155,12 +160,12 @@ pub enum FillError {
     /// process, or in the swap cache): copy it instead.
     #[error("source page busy (EBUSY)")]
     Busy,
-    /// `EINVAL`: misaligned or empty range, unknown mode bits, a range not
-    /// registered with this userfaultfd in a compatible mode, or an ioctl the
+    /// `EINVAL`: misaligned or empty range, unknown mode bits, or an ioctl the
     /// range does not support (e.g. ZEROPAGE on hugetlbfs).
     #[error("invalid argument (EINVAL)")]
     Invalid,
-    /// Any other error (e.g. `EFAULT`: `src` not readable; `ENOSPC`: shmem full).
+    /// Any other error (e.g. `EFAULT`: `src` not readable, or CONTINUE on a
+    /// page that is not in the page cache; `ENOSPC`: shmem full).
     #[error(transparent)]
     Other(io::Error),
 }
@@ -208,7 +213,9 @@ impl From<FillError> for io::Error {
         match e {
             FillError::Other(e) => e,
             other => {
-                let errno = other.raw_os_error().expect("every mapped variant has an errno");
+                let errno = other
+                    .raw_os_error()
+                    .expect("every mapped variant has an errno");
                 io::Error::from_raw_os_error(errno)
             }
         }
@@ -227,12 +234,16 @@ fn fill_result((res, progress): (io::Result<()>, i64), len: u64) -> Result<u64, 
 /// to this userfaultfd, and returns the ioctls that work on it.
 ///
 /// Errors: `EINVAL` (misaligned or empty range, no mapping in it, a VMA type
-/// the mode does not support, a mode bit the context's features do not allow),
+/// the mode does not support, e.g. MINOR on anonymous memory),
 /// `EBUSY` (part of it is registered with another userfaultfd), `EPERM` (a
 /// mapping that may never be writable, e.g. a read-only shared file mapping),
 /// `ENOMEM` (also when the target address space is gone).
 pub fn register(fd: BorrowedFd<'_>, range: Range, mode: RegisterMode) -> io::Result<Ioctls> {
-    let mut arg = sys::uffdio_register { range: range.raw(), mode: mode.bits(), ioctls: 0 };
+    let mut arg = sys::uffdio_register {
+        range: range.raw(),
+        mode: mode.bits(),
+        ioctls: 0,
+    };
     sys::register(fd, &mut arg)?;
     Ok(Ioctls::from_bits_retain(arg.ioctls))
 }
@@ -265,7 +276,8 @@ pub fn zeropage(fd: BorrowedFd<'_>, range: Range, mode: ZeroPageMode) -> Result<
 }
 
 /// `UFFDIO_CONTINUE`: resolves MINOR faults by mapping the pages that are
-/// already in the page cache for `range`.
+/// already in the page cache for `range` (`EFAULT`, as
+/// [`FillError::Other`], where the page cache has no page).
 pub fn continue_range(
     fd: BorrowedFd<'_>,
     range: Range,
@@ -276,7 +288,9 @@ pub fn continue_range(
 
 /// `UFFDIO_POISON`: marks the missing pages of `range` as poisoned: any access
 /// raises SIGBUS in the accessing thread (as for a hardware memory error),
-/// now and until the range is unmapped or dropped with MADV_DONTNEED.
+/// until the marker is dropped (`MADV_DONTNEED`, unmap) or replaced by a
+/// [`copy`] (which is allowed over a marker; `ZEROPAGE` and `POISON` are not:
+/// `EEXIST`).
 pub fn poison(fd: BorrowedFd<'_>, range: Range, mode: PoisonMode) -> Result<u64, FillError> {
     fill_result(sys::poison(fd, range.raw(), mode.bits()), range.len)
 }
@@ -300,14 +314,17 @@ pub fn move_pages(
 }
 
 /// `UFFDIO_WRITEPROTECT`: sets or clears write protection on `range` (which
-/// must be registered in WP mode).
+/// must be registered in WP mode: `ENOENT` otherwise).
 pub fn writeprotect(fd: BorrowedFd<'_>, range: Range, op: WriteProtect) -> Result<(), FillError> {
     let mode = match op {
         WriteProtect::Protect => sys::UFFDIO_WRITEPROTECT_MODE_WP,
         WriteProtect::Unprotect { wake: true } => 0,
         WriteProtect::Unprotect { wake: false } => sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
     };
-    let mut arg = sys::uffdio_writeprotect { range: range.raw(), mode };
+    let mut arg = sys::uffdio_writeprotect {
+        range: range.raw(),
+        mode,
+    };
     sys::writeprotect(fd, &mut arg).map_err(|e| FillError::from_ioctl(e, 0, range.len))
 }
 
@@ -325,8 +342,16 @@ mod tests {
         assert!(matches!(map(libc::ENOMEM), FillError::NoMemory));
         assert!(matches!(map(libc::EBUSY), FillError::Busy));
         assert!(matches!(map(libc::EINVAL), FillError::Invalid));
-        assert!(matches!(map(libc::EFAULT), FillError::Other(ref e) if e.raw_os_error() == Some(libc::EFAULT)));
-        for errno in [libc::EEXIST, libc::EAGAIN, libc::ENOENT, libc::ESRCH, libc::EFAULT] {
+        assert!(
+            matches!(map(libc::EFAULT), FillError::Other(ref e) if e.raw_os_error() == Some(libc::EFAULT))
+        );
+        for errno in [
+            libc::EEXIST,
+            libc::EAGAIN,
+            libc::ENOENT,
+            libc::ESRCH,
+            libc::EFAULT,
+        ] {
             assert_eq!(io::Error::from(map(errno)).raw_os_error(), Some(errno));
         }
     }

@@ -31,20 +31,24 @@
 //! - `read(2)` writes whole messages into a byte buffer; a `FORK` message carries
 //!   a file descriptor the kernel has just installed in our table for us, which
 //!   is wrapped into an [`OwnedFd`] before anything else can happen (see
-//!   [`read_messages`]).
+//!   [`read_messages`]). This is sound only because the bytes come from a
+//!   userfaultfd: [`read_messages`] takes a [`Userfaultfd`], whose constructors
+//!   guarantee it is one (a pipe could forge a FORK message naming any fd).
 
 use std::ffi::c_ulong;
 use std::io;
 use std::mem::{offset_of, size_of};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use linux_raw_sys::general as k;
 use linux_raw_sys::ioctl as kio;
 use rustix::ioctl::opcode;
 
+use super::Userfaultfd;
+
 pub(super) use k::{
-    uffd_msg, uffdio_api, uffdio_continue, uffdio_copy, uffdio_move, uffdio_poison,
-    uffdio_range, uffdio_register, uffdio_writeprotect, uffdio_zeropage,
+    uffd_msg, uffdio_api, uffdio_continue, uffdio_copy, uffdio_move, uffdio_poison, uffdio_range,
+    uffdio_register, uffdio_writeprotect, uffdio_zeropage,
 };
 
 // ---------------------------------------------------------------------------
@@ -87,10 +91,12 @@ pub(super) const UFFDIO_REGISTER: u32 =
 pub(super) const UFFDIO_UNREGISTER: u32 =
     opcode::read::<uffdio_range>(UFFDIO, k::_UFFDIO_UNREGISTER as u8);
 pub(super) const UFFDIO_WAKE: u32 = opcode::read::<uffdio_range>(UFFDIO, k::_UFFDIO_WAKE as u8);
-pub(super) const UFFDIO_COPY: u32 = opcode::read_write::<uffdio_copy>(UFFDIO, k::_UFFDIO_COPY as u8);
+pub(super) const UFFDIO_COPY: u32 =
+    opcode::read_write::<uffdio_copy>(UFFDIO, k::_UFFDIO_COPY as u8);
 pub(super) const UFFDIO_ZEROPAGE: u32 =
     opcode::read_write::<uffdio_zeropage>(UFFDIO, k::_UFFDIO_ZEROPAGE as u8);
-pub(super) const UFFDIO_MOVE: u32 = opcode::read_write::<uffdio_move>(UFFDIO, k::_UFFDIO_MOVE as u8);
+pub(super) const UFFDIO_MOVE: u32 =
+    opcode::read_write::<uffdio_move>(UFFDIO, k::_UFFDIO_MOVE as u8);
 pub(super) const UFFDIO_WRITEPROTECT: u32 =
     opcode::read_write::<uffdio_writeprotect>(UFFDIO, k::_UFFDIO_WRITEPROTECT as u8);
 pub(super) const UFFDIO_CONTINUE: u32 =
@@ -202,7 +208,11 @@ pub(super) fn userfaultfd_ioc_new(dev: BorrowedFd<'_>, flags: u32) -> io::Result
     // SAFETY: USERFAULTFD_IOC_NEW takes the flags by value (no pointer) and
     // returns a new fd; `dev` is a live fd for the duration of the call.
     let fd = cvt(unsafe {
-        libc::ioctl(dev.as_raw_fd(), c_ulong::from(USERFAULTFD_IOC_NEW), flags as libc::c_int)
+        libc::ioctl(
+            dev.as_raw_fd(),
+            c_ulong::from(USERFAULTFD_IOC_NEW),
+            flags as libc::c_int,
+        )
     })?;
     // SAFETY: on success the ioctl returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -248,12 +258,7 @@ pub(super) fn wake(fd: BorrowedFd<'_>, arg: &mut uffdio_range) -> io::Result<()>
 }
 
 /// `UFFDIO_COPY` of `src` to `dst`; returns the ioctl result and the `copy` field.
-pub(super) fn copy(
-    fd: BorrowedFd<'_>,
-    dst: u64,
-    src: &[u8],
-    mode: u64,
-) -> (io::Result<()>, i64) {
+pub(super) fn copy(fd: BorrowedFd<'_>, dst: u64, src: &[u8], mode: u64) -> (io::Result<()>, i64) {
     let mut arg = uffdio_copy {
         dst,
         src: src.as_ptr() as u64,
@@ -271,8 +276,16 @@ pub(super) fn copy(
 }
 
 /// `UFFDIO_ZEROPAGE`; returns the ioctl result and the `zeropage` field.
-pub(super) fn zeropage(fd: BorrowedFd<'_>, range: uffdio_range, mode: u64) -> (io::Result<()>, i64) {
-    let mut arg = uffdio_zeropage { range, mode, zeropage: 0 };
+pub(super) fn zeropage(
+    fd: BorrowedFd<'_>,
+    range: uffdio_range,
+    mode: u64,
+) -> (io::Result<()>, i64) {
+    let mut arg = uffdio_zeropage {
+        range,
+        mode,
+        zeropage: 0,
+    };
     // SAFETY: UFFDIO_ZEROPAGE reads one uffdio_zeropage, writes its last field,
     // and fills only non-present pages (module safety model).
     let res = unsafe { uffd_ioctl(fd, UFFDIO_ZEROPAGE, &mut arg) };
@@ -280,8 +293,16 @@ pub(super) fn zeropage(fd: BorrowedFd<'_>, range: uffdio_range, mode: u64) -> (i
 }
 
 /// `UFFDIO_CONTINUE`; returns the ioctl result and the `mapped` field.
-pub(super) fn continue_(fd: BorrowedFd<'_>, range: uffdio_range, mode: u64) -> (io::Result<()>, i64) {
-    let mut arg = uffdio_continue { range, mode, mapped: 0 };
+pub(super) fn continue_(
+    fd: BorrowedFd<'_>,
+    range: uffdio_range,
+    mode: u64,
+) -> (io::Result<()>, i64) {
+    let mut arg = uffdio_continue {
+        range,
+        mode,
+        mapped: 0,
+    };
     // SAFETY: UFFDIO_CONTINUE reads one uffdio_continue, writes its last field,
     // and maps pages already in the page cache where no pte exists.
     let res = unsafe { uffd_ioctl(fd, UFFDIO_CONTINUE, &mut arg) };
@@ -290,7 +311,11 @@ pub(super) fn continue_(fd: BorrowedFd<'_>, range: uffdio_range, mode: u64) -> (
 
 /// `UFFDIO_POISON`; returns the ioctl result and the `updated` field.
 pub(super) fn poison(fd: BorrowedFd<'_>, range: uffdio_range, mode: u64) -> (io::Result<()>, i64) {
-    let mut arg = uffdio_poison { range, mode, updated: 0 };
+    let mut arg = uffdio_poison {
+        range,
+        mode,
+        updated: 0,
+    };
     // SAFETY: UFFDIO_POISON reads one uffdio_poison, writes its last field, and
     // installs poison markers only where no page is present.
     let res = unsafe { uffd_ioctl(fd, UFFDIO_POISON, &mut arg) };
@@ -334,14 +359,18 @@ pub(super) fn writeprotect(fd: BorrowedFd<'_>, arg: &mut uffdio_writeprotect) ->
 /// Returns the number of messages read; `Ok(0)` means nothing was pending
 /// (`EAGAIN`): `read(2)` on a userfaultfd never returns 0 otherwise.
 pub(super) fn read_messages(
-    fd: BorrowedFd<'_>,
+    uffd: &Userfaultfd,
     raw: &mut [u8],
     fds: &mut [Option<OwnedFd>],
 ) -> io::Result<usize> {
-    debug_assert_eq!(raw.len() % MSG_SIZE, 0, "message buffer holds whole messages");
+    debug_assert_eq!(
+        raw.len() % MSG_SIZE,
+        0,
+        "message buffer holds whole messages"
+    );
     debug_assert!(fds.len() * MSG_SIZE >= raw.len(), "one fd slot per message");
     let bytes = loop {
-        match rustix::io::read(fd, &mut *raw) {
+        match rustix::io::read(uffd.as_fd(), &mut *raw) {
             Ok(n) => break n,
             Err(rustix::io::Errno::INTR) => continue,
             Err(rustix::io::Errno::AGAIN) => return Ok(0),
@@ -349,8 +378,8 @@ pub(super) fn read_messages(
         }
     };
     if bytes % MSG_SIZE != 0 {
-        // The kernel copies whole messages only; anything else means this is
-        // not a userfaultfd. No FORK fd can be half-read, so nothing leaks.
+        // The kernel copies whole messages only. No FORK fd can be half-read,
+        // so nothing leaks.
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("read {bytes} bytes from a userfaultfd, not a multiple of {MSG_SIZE}"),
@@ -367,9 +396,10 @@ pub(super) fn read_messages(
             );
             // An fd is a non-negative int; anything else is not a kernel fd.
             if let Ok(raw_fd) = RawFd::try_from(ufd) {
-                // SAFETY: for a FORK message the kernel installed `ufd` in our fd
-                // table during this read(2) and gave it to no one else; this is
-                // the only place that takes ownership of it.
+                // SAFETY: `uffd` is a userfaultfd (the `Userfaultfd` invariant),
+                // so this FORK message is the kernel's: it installed `ufd` in our
+                // fd table during this read(2) and gave it to no one else; this
+                // is the only place that takes ownership of it.
                 *slot = Some(unsafe { OwnedFd::from_raw_fd(raw_fd) });
             }
         }
