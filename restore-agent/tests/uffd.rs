@@ -836,6 +836,13 @@ fn bad_ranges_get_exact_errnos() {
         writeprotect(fd, map.pages(0, 1), WriteProtect::Protect),
         Err(FillError::NoEntry)
     ));
+    // Another kind of fd refuses userfaultfd ioctl numbers.
+    let memfd =
+        rustix::fs::memfd_create("not-uffd", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
+    match copy(memfd.as_fd(), map.addr(), &data, CopyMode::empty()) {
+        Err(FillError::Other(e)) => assert_eq!(errno(&e), Some(libc::ENOTTY)),
+        other => panic!("expected ENOTTY, got {other:?}"),
+    }
     let e = std::io::Error::from(FillError::NoEntry);
     assert_eq!(errno(&e), Some(libc::ENOENT));
 }
