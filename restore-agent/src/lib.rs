@@ -1,1 +1,3 @@
 //! The Lazarus restore agent.
+
+pub mod uffd;
