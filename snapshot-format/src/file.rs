@@ -595,3 +595,240 @@ impl ImageFile {
         self.p.header_len
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Blob, RegionRepr, encode_chunk, encode_run};
+    use crate::layout::{Footer, Header};
+
+    /// A description of a hand-made image: one 8-byte raw chunk area and
+    /// whatever tables the test wants, assembled with a correct checksum.
+    struct Craft {
+        page_size: u32,
+        metadata: ProcessMetadata,
+        parent: Option<ParentRef>,
+        regions: Vec<(RegionInfo, Vec<(u64, RunSource)>)>,
+        chunks: Vec<ChunkEntry>,
+        frames: Vec<u8>,
+    }
+
+    impl Craft {
+        /// One region of 2 pages: a data page (chunk 0) and a zero page.
+        fn valid() -> Self {
+            let page = vec![9u8; 4096];
+            Self {
+                page_size: 4096,
+                metadata: ProcessMetadata::default(),
+                parent: None,
+                regions: vec![(
+                    RegionInfo::raw_file(0x1000, 0x2000),
+                    vec![
+                        (
+                            1,
+                            RunSource::Data {
+                                chunk: 0,
+                                offset: 0,
+                            },
+                        ),
+                        (1, RunSource::Zero),
+                    ],
+                )],
+                chunks: vec![ChunkEntry {
+                    offset: 32,
+                    stored_len: 4096,
+                    raw_len: 4096,
+                    codec: Codec::Raw,
+                    hash: chunk_hash(&page),
+                }],
+                frames: page,
+            }
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            let mut chunk_blob = Vec::new();
+            for c in &self.chunks {
+                encode_chunk(&mut chunk_blob, c);
+            }
+            let run_blobs: Vec<Vec<u8>> = self
+                .regions
+                .iter()
+                .map(|(_, runs)| {
+                    let mut b = Vec::new();
+                    for &(pages, src) in runs {
+                        encode_run(&mut b, pages, src, 4096);
+                    }
+                    b
+                })
+                .collect();
+            let repr = IndexRepr {
+                page_size: self.page_size,
+                chunk_size: 65536,
+                metadata: self.metadata.clone(),
+                parent: self.parent.clone(),
+                regions: self
+                    .regions
+                    .iter()
+                    .zip(&run_blobs)
+                    .map(|((info, _), b)| RegionRepr {
+                        info: info.clone(),
+                        runs: Blob(b),
+                    })
+                    .collect(),
+                chunks: Blob(&chunk_blob),
+            };
+            let index = rmp_serde::to_vec_named(&repr).unwrap();
+            let mut out = Header::encode().to_vec();
+            out.extend_from_slice(&self.frames);
+            let footer = Footer {
+                index_offset: out.len() as u64,
+                index_len: index.len() as u64,
+                index_hash: xxh3_128(&index),
+            };
+            out.extend_from_slice(&index);
+            out.extend_from_slice(&footer.encode());
+            out
+        }
+
+        fn open(&self) -> Result<ImageFile, OpenError> {
+            ImageFile::from_bytes(&self.bytes())
+        }
+    }
+
+    #[test]
+    fn crafted_valid_image_opens() {
+        let f = Craft::valid().open().unwrap();
+        assert_eq!(f.runs(0).len(), 2);
+        assert_eq!(f.chunk_frame(0).unwrap(), &[9u8; 4096][..]);
+    }
+
+    fn expect_err(c: &Craft, check: impl Fn(&OpenError) -> bool) {
+        let err = c.open().unwrap_err();
+        assert!(check(&err), "unexpected error: {err:?}");
+        // The message is one line.
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn chunk_frames_outside_the_chunk_area() {
+        for (offset, stored_len) in [(0, 4096), (33, 4096), (u64::MAX - 10, 4096), (32, 4097)] {
+            let mut c = Craft::valid();
+            c.chunks[0].offset = offset;
+            c.chunks[0].stored_len = stored_len;
+            c.chunks[0].codec = Codec::Zstd;
+            expect_err(&c, |e| matches!(e, OpenError::BadChunk { chunk: 0, .. }));
+        }
+    }
+
+    #[test]
+    fn chunk_lengths_are_checked() {
+        for raw_len in [0, 100, MAX_CHUNK_RAW_LEN + 4096] {
+            let mut c = Craft::valid();
+            c.chunks[0].raw_len = raw_len;
+            expect_err(&c, |e| matches!(e, OpenError::BadChunk { .. }));
+        }
+        let mut c = Craft::valid();
+        c.chunks[0].stored_len = 4000; // raw codec must store raw_len bytes
+        expect_err(&c, |e| matches!(e, OpenError::BadChunk { .. }));
+    }
+
+    #[test]
+    fn runs_must_reference_real_chunks_within_bounds() {
+        let mut c = Craft::valid();
+        c.regions[0].1[0].1 = RunSource::Data {
+            chunk: 5,
+            offset: 0,
+        };
+        expect_err(&c, |e| {
+            matches!(
+                e,
+                OpenError::BadRun {
+                    region: 0,
+                    run: 0,
+                    ..
+                }
+            )
+        });
+        let mut c = Craft::valid();
+        c.regions[0].1[0].1 = RunSource::Data {
+            chunk: 0,
+            offset: 4096,
+        };
+        expect_err(&c, |e| matches!(e, OpenError::BadRun { .. }));
+    }
+
+    #[test]
+    fn runs_must_tile_their_region() {
+        let mut c = Craft::valid();
+        c.regions[0].1.pop();
+        expect_err(&c, |e| matches!(e, OpenError::BadRegion { .. }));
+        let mut c = Craft::valid();
+        c.regions[0].1[1].0 = 2;
+        expect_err(&c, |e| matches!(e, OpenError::BadRun { .. }));
+        let mut c = Craft::valid();
+        c.regions[0].1[1].0 = 0;
+        expect_err(&c, |e| matches!(e, OpenError::BadRun { .. }));
+        let mut c = Craft::valid();
+        c.regions[0].1[1].0 = u64::MAX;
+        expect_err(&c, |e| matches!(e, OpenError::BadRun { .. }));
+        let mut c = Craft::valid();
+        c.regions[0].1.clear();
+        expect_err(&c, |e| matches!(e, OpenError::BadRegion { .. }));
+    }
+
+    #[test]
+    fn regions_must_be_aligned_sorted_and_disjoint() {
+        let mut c = Craft::valid();
+        c.regions[0].0.start = 0x1001;
+        expect_err(&c, |e| matches!(e, OpenError::BadRegion { .. }));
+        let mut c = Craft::valid();
+        let again = c.regions[0].clone();
+        c.regions.push(again);
+        expect_err(&c, |e| matches!(e, OpenError::BadRegion { region: 1, .. }));
+        let mut c = Craft::valid();
+        c.regions[0].0.start = u64::MAX - 0xfff;
+        expect_err(&c, |e| matches!(e, OpenError::BadRegion { .. }));
+    }
+
+    #[test]
+    fn parent_and_file_runs_need_a_parent_and_a_file() {
+        let mut c = Craft::valid();
+        c.regions[0].1[1].1 = RunSource::Parent;
+        expect_err(&c, |e| matches!(e, OpenError::BadRun { run: 1, .. }));
+        let mut c = Craft::valid();
+        c.regions[0].1[1].1 = RunSource::File;
+        expect_err(&c, |e| matches!(e, OpenError::BadRun { run: 1, .. }));
+    }
+
+    #[test]
+    fn page_size_and_metadata_version_are_checked() {
+        for page_size in [0, 1000, 2048, 1 << 20] {
+            let mut c = Craft::valid();
+            c.page_size = page_size;
+            expect_err(&c, |e| matches!(e, OpenError::BadPageSize { .. }));
+        }
+        let mut c = Craft::valid();
+        c.metadata.version = METADATA_VERSION + 1;
+        expect_err(&c, |e| {
+            matches!(e, OpenError::UnsupportedMetadataVersion { .. })
+        });
+    }
+
+    #[test]
+    fn index_of_the_wrong_shape_is_refused() {
+        // A valid msgpack value that is not an index, with a good checksum.
+        let index = rmp_serde::to_vec_named(&vec![1u32, 2, 3]).unwrap();
+        let mut out = Header::encode().to_vec();
+        let footer = Footer {
+            index_offset: out.len() as u64,
+            index_len: index.len() as u64,
+            index_hash: xxh3_128(&index),
+        };
+        out.extend_from_slice(&index);
+        out.extend_from_slice(&footer.encode());
+        assert!(matches!(
+            ImageFile::from_bytes(&out),
+            Err(OpenError::IndexDecode { .. })
+        ));
+    }
+}
