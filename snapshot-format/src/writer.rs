@@ -19,6 +19,17 @@
 //!            fsync (optional), rename temp file into place, fsync dir
 //! ```
 //!
+//! **Chunk boundaries follow the address space**: a chunk holds the non-zero
+//! pages of one aligned window of `chunk_size` bytes (`addr / chunk_size`),
+//! never more. So a chunk's pages are always within one window (a fault or
+//! a prefetch of "the chunk around an address" covers at most `chunk_size`
+//! bytes of address space; a deduplicated chunk is used in several windows,
+//! each use within one), chunk boundaries do not shift with the content
+//! before them (identical aligned blocks deduplicate, wherever they are),
+//! and sparse memory makes small chunks rather than chunks scattered over
+//! gigabytes. The writer guarantees this; readers do not rely on it (use
+//! [`Image::chunk_uses`](crate::Image::chunk_uses)).
+//!
 //! Hashing and dedup happen on the caller's thread (xxh3 runs at tens of
 //! GB/s, far faster than compression), so duplicate chunks are never
 //! compressed and chunk ids are assigned deterministically in stream order.
@@ -259,6 +270,8 @@ pub struct ImageWriter {
     /// Next address expected in the current (last) region.
     cursor: u64,
     chunk: Vec<u8>,
+    /// Address window (address / chunk size) of the open chunk's pages.
+    chunk_window: u64,
     /// Sequence number of the open chunk.
     seq: u32,
     seq_to_id: Vec<u32>,
@@ -344,6 +357,7 @@ impl ImageWriter {
             total_runs: 0,
             cursor: 0,
             chunk,
+            chunk_window: 0,
             seq: 0,
             seq_to_id: Vec::new(),
             dedup: HashMap::new(),
@@ -425,9 +439,13 @@ impl ImageWriter {
                 self.stats.zero_bytes += self.page;
                 self.push_run(1, PendingSource::Zero)?;
             } else {
-                if self.chunk.len() + page > self.opts.chunk_size {
+                // A chunk holds the non-zero pages of one aligned window of
+                // `chunk_size` bytes of address space (see the module docs).
+                let window = page_addr / self.opts.chunk_size as u64;
+                if !self.chunk.is_empty() && window != self.chunk_window {
                     self.seal_chunk()?;
                 }
+                self.chunk_window = window;
                 let page_in_chunk = (self.chunk.len() / page) as u32;
                 self.chunk.extend_from_slice(p);
                 self.stats.data_bytes += self.page;

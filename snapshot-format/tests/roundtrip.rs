@@ -41,6 +41,14 @@ proptest! {
         let image = Image::open(&path).unwrap();
         prop_assert_eq!(image.id(), summary.id);
         check_model(&image, &model);
+        // Every use of a chunk lies within one aligned chunk-size window
+        // (a deduplicated chunk is used in several windows).
+        let window = image.top().chunk_size() as u64;
+        for id in 0..image.chunks().len() as u32 {
+            let uses = image.chunk_uses(snapshot_format::ChunkId(id));
+            prop_assert!(!uses.is_empty());
+            prop_assert!(uses.iter().all(|u| u.addr / window == (u.addr + u.len - 1) / window));
+        }
 
         // The summary agrees with the model.
         let pages: Vec<PageKind> = model.iter().flat_map(|r| r.pages.clone()).collect();
@@ -68,8 +76,15 @@ fn identical_chunks_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dedup.lzr");
     // Four regions of the same 8 pages; chunks of 4 pages: 2 unique chunks.
+    // Regions start on 64 KiB boundaries so that the blocks align with the
+    // 16 KiB chunk windows.
     let block: Vec<PageKind> = (0..8).map(|i| PageKind::Random(i + 1)).collect();
-    let model = layout(vec![block.clone(), block.clone(), block.clone(), block]);
+    let model: Vec<ModelRegion> = (0..4u64)
+        .map(|i| ModelRegion {
+            start: 0x100_0000 + i * 0x10000,
+            pages: block.clone(),
+        })
+        .collect();
     for workers in [0, 2] {
         let summary = write_model(&path, &model, opts(4, workers, Compression::default()));
         assert_eq!(summary.chunks, 2);
