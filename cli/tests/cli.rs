@@ -162,6 +162,17 @@ fn regions_and_parent_round_trip() {
     // An incremental image against a parent.
     let base = dir.path().join("base.lzr");
     ok(&[&"capture", &"--from-file", &mem, &"-o", &base]);
+    let same = lazarus(&[
+        &"capture",
+        &"--from-file",
+        &mem,
+        &"-o",
+        &base,
+        &"--parent",
+        &base,
+    ]);
+    assert_eq!(same.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&same.stderr).contains("cannot also be the output"));
     let f = std::fs::OpenOptions::new().write(true).open(&mem).unwrap();
     let mut changed = model.clone();
     for at in [4096usize, (1 << 20) + 8192, 7 << 20] {

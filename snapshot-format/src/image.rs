@@ -141,7 +141,6 @@ pub struct ChunkUse {
 
 /// An image with its parent chain resolved. `Send + Sync`: share it in an
 /// `Arc`; give each thread its own [`ChunkDecoder`] and buffer.
-#[derive(Debug)]
 pub struct Image {
     layers: Vec<ImageFile>,
     chunks: Vec<ChunkInfo>,
@@ -151,6 +150,16 @@ pub struct Image {
     use_start: Vec<u32>,
     uses: Vec<ChunkUse>,
     max_chunk_raw_len: usize,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("layers", &self.layers)
+            .field("chunks", &self.chunks.len())
+            .field("extents", &self.extents.len())
+            .finish_non_exhaustive()
+    }
 }
 
 const _: fn() = || {
@@ -478,7 +487,8 @@ fn flatten(
     chunk_base: u32,
     below: Option<&[Extent]>,
 ) -> Result<(Vec<Extent>, Vec<Range<usize>>), OpenError> {
-    let mut out = Vec::with_capacity(file.stats().runs);
+    let runs: usize = (0..file.regions().len()).map(|r| file.runs(r).len()).sum();
+    let mut out = Vec::with_capacity(runs);
     let mut ranges = Vec::with_capacity(file.regions().len());
     for (r, info) in file.regions().iter().enumerate() {
         let first = out.len();

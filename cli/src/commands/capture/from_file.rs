@@ -47,6 +47,11 @@ pub(super) fn capture(
 
     let parent = match &args.parent {
         Some(p) => {
+            if args.output.exists()
+                && std::fs::canonicalize(&args.output).ok() == std::fs::canonicalize(p).ok()
+            {
+                bail!("the parent {} cannot also be the output", p.display());
+            }
             let image =
                 Image::open(p).with_context(|| format!("cannot open parent {}", p.display()))?;
             if image.page_size() != opts.page_size {
