@@ -40,7 +40,8 @@
 //! bounded and a caller faster than the workers blocks instead of queuing.
 //!
 //! The image is written to a temporary file in the target directory and
-//! renamed into place by [`finish`](ImageWriter::finish). If anything fails
+//! renamed into place by [`finish`](ImageWriter::finish). It is created with
+//! mode 0600: images hold memory contents, which may include secrets. If anything fails
 //! (including `ENOSPC`), or the writer is dropped unfinished, the temporary
 //! file is removed: no file is left under either name.
 
