@@ -361,3 +361,41 @@ fn errors_are_one_line_with_a_non_zero_status() {
     let out = lazarus(&[&"capture", &"-o", &img]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+    /// Random sparse files (islands of random, repeated and zero bytes at
+    /// arbitrary, unaligned offsets; any length) survive capture + extract
+    /// byte for byte.
+    #[test]
+    fn random_sparse_files_round_trip(
+        len in 1usize..(3 << 20),
+        islands in proptest::collection::vec((0.0f64..1.0, 1usize..70_000, 0u8..3, proptest::prelude::any::<u64>()), 0..8),
+        chunk_kib in proptest::sample::select(vec![4u64, 16, 64, 256]),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = dir.path().join("m.raw");
+        let img = dir.path().join("m.lzr");
+        let out = dir.path().join("o.raw");
+        let f = File::create(&mem).unwrap();
+        f.set_len(len as u64).unwrap();
+        let mut model = vec![0u8; len];
+        for (pos, size, kind, seed) in islands {
+            let at = ((len as f64) * pos) as usize;
+            let size = size.min(len - at);
+            let bytes = match kind {
+                0 => noise(seed, size),
+                1 => vec![(seed as u8) | 1; size],
+                _ => vec![0u8; size],
+            };
+            f.write_all_at(&bytes, at as u64).unwrap();
+            model[at..at + size].copy_from_slice(&bytes);
+        }
+        drop(f);
+        let chunk = format!("{chunk_kib}K");
+        ok(&[&"capture", &"--from-file", &mem, &"-o", &img, &"--chunk-size", &chunk, &"--workers", &"2"]);
+        ok(&[&"extract", &img, &"-o", &out]);
+        proptest::prop_assert!(read(&out) == model);
+    }
+}

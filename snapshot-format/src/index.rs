@@ -36,7 +36,7 @@
 //! reader computes each start, and an image cannot describe overlapping or
 //! missing pages.
 //!
-//! Before the msgpack is decoded, [`scan_msgpack`] walks it without
+//! Before the msgpack is decoded, `scan_msgpack` walks it without
 //! allocating and refuses more than [`MAX_INDEX_ITEMS`] values or more than
 //! [`MAX_INDEX_DEPTH`] levels: rmp-serde allocates per decoded value, and a
 //! hostile index of millions of empty strings would otherwise cost far more

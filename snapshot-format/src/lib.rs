@@ -91,16 +91,16 @@
 //! still compressing well; larger chunks compress slightly better but make
 //! every cold fault pay for more bytes.
 
-mod codec;
+pub mod codec;
 mod error;
-mod file;
-mod image;
+pub mod file;
+pub mod image;
 pub mod index;
 pub mod layout;
 pub mod limits;
 mod meta;
 mod mmap;
-mod writer;
+pub mod writer;
 
 pub use codec::{
     ChunkDecoder, ChunkEncoder, Codec, Compression, DEFAULT_ZSTD_LEVEL, chunk_hash, is_zero,

@@ -251,3 +251,49 @@ fn dropped_or_failed_writers_leave_nothing() {
         );
     }
 }
+
+#[test]
+fn threads_share_one_image_and_decode_concurrently() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.lzr");
+    let pages: Vec<PageKind> = (0..512u64)
+        .map(|i| {
+            if i % 3 == 0 {
+                PageKind::Text(i % 40)
+            } else {
+                PageKind::Random(i)
+            }
+        })
+        .collect();
+    let model = layout(vec![pages]);
+    write_model(&path, &model, opts(16, 2, Compression::default()));
+    let image = Arc::new(Image::open(&path).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let image = Arc::clone(&image);
+            let model = model.clone();
+            std::thread::spawn(move || {
+                // Each thread: its own decoder and buffer, allocated once.
+                let mut dec = snapshot_format::ChunkDecoder::new().unwrap();
+                let mut buf = vec![0u8; image.max_chunk_raw_len()];
+                let r = &model[0];
+                for k in 0..r.pages.len() {
+                    let pi = (k * 7 + t * 13) % r.pages.len();
+                    let addr = r.start + (pi * PAGE) as u64;
+                    let loc = image.locate(addr).unwrap();
+                    let PageSource::Chunk { chunk, offset } = loc.source else {
+                        panic!("page {pi} is not in a chunk: {loc:?}");
+                    };
+                    let n = image.decode_chunk(chunk, &mut dec, &mut buf).unwrap();
+                    assert_eq!(n, image.chunk(chunk).unwrap().entry.raw_len as usize);
+                    let off = offset as usize;
+                    assert!(buf[off..off + PAGE] == r.pages[pi].bytes()[..]);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
