@@ -300,55 +300,30 @@ fn errors_are_one_line_with_a_non_zero_status() {
     let mem = dir.path().join("mem.raw");
     std::fs::write(&mem, noise(5, 3 * PAGE as usize)).unwrap();
     let img: PathBuf = dir.path().join("x.lzr");
-    let cases: Vec<Vec<&dyn AsRef<std::ffi::OsStr>>> = vec![
-        vec![&"inspect", &mem],
-        vec![&"verify", &"/nonexistent.lzr"],
-        vec![&"capture", &"--from-file", &"/nonexistent", &"-o", &img],
-        vec![
-            &"capture",
-            &"--from-file",
-            &mem,
-            &"-o",
-            &img,
-            &"--chunk-size",
-            &"64000",
-        ],
-        vec![
-            &"capture",
-            &"--from-file",
-            &mem,
-            &"-o",
-            &img,
-            &"--level",
-            &"99",
-        ],
-        vec![
-            &"capture",
-            &"--from-file",
-            &mem,
-            &"-o",
-            &img,
-            &"--region",
-            &"0:1M",
-        ],
-        vec![
-            &"capture",
-            &"--from-file",
-            &mem,
-            &"-o",
-            &img,
-            &"--region",
-            &"100:4K",
-        ],
-        vec![
-            &"capture",
-            &"--from-file",
-            &mem,
-            &"-o",
-            &"/nonexistent-dir/x.lzr",
-        ],
+    let (m, i) = (mem.to_str().unwrap(), img.to_str().unwrap());
+    let capture = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec!["capture", "--from-file", m, "-o", i];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect()
+    };
+    let cases: Vec<Vec<String>> = vec![
+        vec!["inspect".into(), m.into()],
+        vec!["verify".into(), "/nonexistent.lzr".into()],
+        vec!["capture", "--from-file", "/nonexistent", "-o", i]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        capture(&["--chunk-size", "64000"]),
+        capture(&["--level", "99"]),
+        capture(&["--region", "0:1M"]),
+        capture(&["--region", "100:4K"]),
+        vec!["capture", "--from-file", m, "-o", "/nonexistent-dir/x.lzr"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
     ];
     for args in cases {
+        let args: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as _).collect();
         let out = lazarus(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");

@@ -677,22 +677,26 @@ mod tests {
                     .collect(),
                 chunks: Blob(&chunk_blob),
             };
-            let index = rmp_serde::to_vec_named(&repr).unwrap();
-            let mut out = Header::encode().to_vec();
-            out.extend_from_slice(&self.frames);
-            let footer = Footer {
-                index_offset: out.len() as u64,
-                index_len: index.len() as u64,
-                index_hash: xxh3_128(&index),
-            };
-            out.extend_from_slice(&index);
-            out.extend_from_slice(&footer.encode());
-            out
+            wrap(&self.frames, &rmp_serde::to_vec_named(&repr).unwrap())
         }
 
         fn open(&self) -> Result<ImageFile, OpenError> {
             ImageFile::from_bytes(&self.bytes())
         }
+    }
+
+    /// A whole image: header, `frames`, `index`, and a matching footer.
+    fn wrap(frames: &[u8], index: &[u8]) -> Vec<u8> {
+        let mut out = Header::encode().to_vec();
+        out.extend_from_slice(frames);
+        let footer = Footer {
+            index_offset: out.len() as u64,
+            index_len: index.len() as u64,
+            index_hash: xxh3_128(index),
+        };
+        out.extend_from_slice(index);
+        out.extend_from_slice(&footer.encode());
+        out
     }
 
     #[test]
@@ -817,15 +821,7 @@ mod tests {
     #[test]
     fn index_of_the_wrong_shape_is_refused() {
         // A valid msgpack value that is not an index, with a good checksum.
-        let index = rmp_serde::to_vec_named(&vec![1u32, 2, 3]).unwrap();
-        let mut out = Header::encode().to_vec();
-        let footer = Footer {
-            index_offset: out.len() as u64,
-            index_len: index.len() as u64,
-            index_hash: xxh3_128(&index),
-        };
-        out.extend_from_slice(&index);
-        out.extend_from_slice(&footer.encode());
+        let out = wrap(&[], &rmp_serde::to_vec_named(&vec![1u32, 2, 3]).unwrap());
         assert!(matches!(
             ImageFile::from_bytes(&out),
             Err(OpenError::IndexDecode { .. })

@@ -156,11 +156,7 @@ pub struct WriteSummary {
 /// image at `parent` with identity `id`: the parent's path relative to the
 /// child's directory, so that the pair can be moved together.
 pub fn parent_ref(child: &Path, parent: &Path, id: ImageId) -> std::io::Result<ParentRef> {
-    let child_dir = match child.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let child_dir = child_dir.canonicalize()?;
+    let child_dir = dir_of(child).canonicalize()?;
     let parent = parent.canonicalize()?;
     Ok(ParentRef {
         path: relative_path(&child_dir, &parent),
@@ -305,10 +301,7 @@ impl ImageWriter {
             path: path.clone(),
             source,
         };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = dir_of(&path).to_path_buf();
         let name = path.file_name().ok_or_else(|| {
             WriteError::InvalidOption(format!("{} has no file name", path.display()))
         })?;
@@ -621,12 +614,17 @@ impl ImageWriter {
         if end > region.info.end() {
             return Err(bad("past the end of the current region"));
         }
-        if addr > self.cursor {
-            let gap = addr - self.cursor;
+        self.zero_fill_to(addr)
+    }
+
+    /// Records the unwritten pages from the cursor up to `to` as zero.
+    fn zero_fill_to(&mut self, to: u64) -> Result<(), WriteError> {
+        if to > self.cursor {
+            let gap = to - self.cursor;
             self.stats.zero_bytes += gap;
             self.push_run(gap / self.page, PendingSource::Zero)?;
             self.progress.add(gap);
-            self.cursor = addr;
+            self.cursor = to;
         }
         Ok(())
     }
@@ -685,14 +683,7 @@ impl ImageWriter {
             return Ok(());
         };
         let end = region.info.end();
-        if self.cursor < end {
-            let gap = end - self.cursor;
-            self.stats.zero_bytes += gap;
-            self.push_run(gap / self.page, PendingSource::Zero)?;
-            self.progress.add(gap);
-            self.cursor = end;
-        }
-        Ok(())
+        self.zero_fill_to(end)
     }
 
     /// Hashes the open chunk and either maps it to an identical stored chunk
@@ -897,12 +888,16 @@ fn start_pool(out: &Arc<Output>, opts: &WriterOptions) -> Result<Sink, WriteErro
     })
 }
 
-fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
+/// The directory holding `path` (`.` for a bare file name).
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    }
+}
+
+fn sync_parent_dir(path: &Path) -> std::io::Result<()> {
+    File::open(dir_of(path))?.sync_all()
 }
 
 #[cfg(test)]
