@@ -386,6 +386,10 @@ pub enum WriteError {
     /// The metadata could not be encoded.
     #[error("index encoding failed: {0}")]
     Encode(#[source] rmp_serde::encode::Error),
+    /// An earlier error (I/O, compression, a limit) lost data: the image
+    /// cannot be finished. Drop the writer.
+    #[error("an earlier error left the image incomplete")]
+    Poisoned,
     /// A compression worker panicked (a bug).
     #[error("a compression worker thread panicked")]
     WorkerPanicked,

@@ -380,6 +380,13 @@ impl Image {
         self.top().regions()
     }
 
+    /// The index of the region containing `addr`, in O(log n).
+    pub fn region_at(&self, addr: u64) -> Option<usize> {
+        let regions = self.regions();
+        let i = regions.partition_point(|r| r.end() <= addr);
+        regions.get(i).filter(|r| r.start <= addr).map(|_| i)
+    }
+
     /// Resolved extents of region `region` of the top image, in address
     /// order, tiling it exactly.
     ///

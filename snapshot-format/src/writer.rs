@@ -280,6 +280,12 @@ pub struct ImageWriter {
     started: Instant,
 }
 
+// Capture may hand the writer to another thread.
+const _: fn() = || {
+    fn send<T: Send>() {}
+    send::<ImageWriter>();
+};
+
 impl std::fmt::Debug for ImageWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImageWriter")
@@ -380,6 +386,7 @@ impl ImageWriter {
     /// Begins a region. Regions must come in increasing address order and
     /// not overlap; the previous region's unwritten tail is recorded as zero.
     pub fn begin_region(&mut self, info: RegionInfo) -> Result<(), WriteError> {
+        self.check_usable()?;
         let bad = |reason| WriteError::BadRegion {
             start: info.start,
             len: info.len,
@@ -491,6 +498,7 @@ impl ImageWriter {
     /// Seals the last chunk, writes the index and footer, and renames the
     /// image into place. On error nothing is left on disk.
     pub fn finish(mut self) -> Result<WriteSummary, WriteError> {
+        self.check_usable()?;
         self.end_region()?;
         if !self.chunk.is_empty() {
             self.seal_chunk()?;
@@ -598,6 +606,7 @@ impl ImageWriter {
     /// Checks a write of `len` bytes at `addr` against the current region
     /// and cursor, and records any skipped gap as zero.
     fn advance_to(&mut self, addr: u64, len: u64) -> Result<(), WriteError> {
+        self.check_usable()?;
         let bad = |reason| WriteError::BadWrite { addr, len, reason };
         let Some(region) = self.regions.last() else {
             return Err(WriteError::NoRegion { addr });
@@ -686,9 +695,31 @@ impl ImageWriter {
         self.zero_fill_to(end)
     }
 
+    /// Seals the open chunk. A failure here loses data (the chunk is not
+    /// stored), so it poisons the writer: every later call fails.
+    fn seal_chunk(&mut self) -> Result<(), WriteError> {
+        let r = self.seal_chunk_inner();
+        if r.is_err() {
+            self.out.failed.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Fails if an earlier error left the image incomplete: with the
+    /// worker's own error if it has not been reported yet, else `Poisoned`.
+    fn check_usable(&mut self) -> Result<(), WriteError> {
+        // Acquire: a worker sends its error before setting the flag
+        // (Release), so the error is in the channel when the flag is seen.
+        if self.out.failed.load(Ordering::Acquire) {
+            self.collect_results()?;
+            return Err(WriteError::Poisoned);
+        }
+        Ok(())
+    }
+
     /// Hashes the open chunk and either maps it to an identical stored chunk
     /// or assigns it a new id and hands it to the sink.
-    fn seal_chunk(&mut self) -> Result<(), WriteError> {
+    fn seal_chunk_inner(&mut self) -> Result<(), WriteError> {
         let hash = chunk_hash(&self.chunk);
         if let Some(&id) = self.dedup.get(&hash) {
             self.stats.dedup_hits += 1;
@@ -802,7 +833,7 @@ impl Drop for ImageWriter {
         // Stop the workers before the temporary file is removed (by the
         // `NamedTempFile` field's own drop).
         if let Sink::Pool { jobs, workers, .. } = &mut self.sink {
-            self.out.failed.store(true, Ordering::Relaxed);
+            self.out.failed.store(true, Ordering::Release);
             drop(jobs.take());
             for w in workers.drain(..) {
                 let _ = w.join();
@@ -861,12 +892,13 @@ fn start_pool(out: &Arc<Output>, opts: &WriterOptions) -> Result<Sink, WriteErro
             .name(format!("lzr-compress-{i}"))
             .spawn(move || {
                 for mut job in rx {
-                    if !shared.failed.load(Ordering::Relaxed) {
+                    if !shared.failed.load(Ordering::Acquire) {
                         let r = shared.store(&mut enc, &job.buf, job.hash);
-                        if r.is_err() {
-                            shared.failed.store(true, Ordering::Relaxed);
-                        }
+                        let failed = r.is_err();
                         let _ = res.send((job.id, r));
+                        if failed {
+                            shared.failed.store(true, Ordering::Release);
+                        }
                     }
                     job.buf.clear();
                     let _ = free.send(job.buf);

@@ -38,6 +38,7 @@ impl Drop for SmallFs {
 }
 
 fn fill(path: &Path, workers: usize) -> Result<(), WriteError> {
+    let mut first_err = None;
     let opts = WriterOptions {
         workers,
         compression: Compression::default(),
@@ -47,9 +48,23 @@ fn fill(path: &Path, workers: usize) -> Result<(), WriteError> {
     let pages = 1024u64; // 4 MiB of incompressible pages on a 1 MiB disk
     w.begin_region(RegionInfo::raw_file(0, pages * PAGE as u64))?;
     for i in 0..pages {
-        w.write_pages(i * PAGE as u64, &PageKind::Random(i).bytes())?;
+        // Keep writing after the first error, as a careless caller would:
+        // the writer must stay failed.
+        if let Err(e) = w.write_pages(i * PAGE as u64, &PageKind::Random(i).bytes()) {
+            if first_err.is_none() {
+                first_err = Some(e);
+            } else {
+                assert!(matches!(e, WriteError::Poisoned), "{e}");
+            }
+        }
     }
-    w.finish().map(drop)
+    match first_err {
+        Some(e) => {
+            assert!(matches!(w.finish(), Err(WriteError::Poisoned)));
+            Err(e)
+        }
+        None => w.finish().map(drop),
+    }
 }
 
 #[test]

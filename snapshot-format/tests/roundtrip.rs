@@ -159,6 +159,10 @@ fn file_and_zero_runs_and_explicit_writes() {
 
     let image = Image::open(&path).unwrap();
     assert_eq!(image.regions()[0], info);
+    assert_eq!(image.region_at(0x40_0000), Some(0));
+    assert_eq!(image.region_at(0x40_0000 + 8 * PAGE as u64 - 1), Some(0));
+    assert_eq!(image.region_at(0x40_0000 + 8 * PAGE as u64), None);
+    assert_eq!(image.region_at(0x3f_ffff), None);
     let loc = image.locate(0x40_0000 + 6 * PAGE as u64 + 5).unwrap();
     match loc.source {
         PageSource::File {
