@@ -125,7 +125,7 @@ fn check_chunks(
                 .map(|(r, run)| format!("region {r} {:#x}-{:#x}", run.start, run.start + run.len))
                 .collect();
             format!(
-                "{}: bad chunk {i} (file offset {}, {} bytes {}, {} raw): {err}; it backs {}",
+                "{}: bad chunk {i} (frame at file offset {}, {} bytes {}, {} bytes decoded): {err}; it backs {}",
                 path.display(),
                 e.offset,
                 e.stored_len,

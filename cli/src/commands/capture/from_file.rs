@@ -3,7 +3,8 @@
 //! Each region is a range of the file, at address = file offset (what
 //! `lazarus serve` looks up as `offset + (addr - base)`). Holes of a sparse
 //! file are found with `SEEK_DATA`/`SEEK_HOLE` and recorded as zero without
-//! being read; data is read in large blocks and handed to the writer, which
+//! being read (where `SEEK_DATA` is unsupported, as on block devices, the
+//! whole range is read); data is read in large blocks and handed to the writer, which
 //! drops zero pages itself. A file whose length is not a page multiple is
 //! padded with zeros to the page; its exact length is kept in the metadata
 //! so that `extract` reproduces it.
@@ -34,10 +35,16 @@ pub(super) fn capture(
 ) -> Result<WriteSummary> {
     let page = u64::from(opts.page_size);
     let file = File::open(mem).with_context(|| format!("cannot open {}", mem.display()))?;
-    let file_len = file
+    let meta = file
         .metadata()
-        .with_context(|| format!("cannot stat {}", mem.display()))?
-        .len();
+        .with_context(|| format!("cannot stat {}", mem.display()))?;
+    // A block device reports length 0: ask it for its end instead.
+    let file_len = if meta.is_file() {
+        meta.len()
+    } else {
+        rustix::fs::seek(&file, SeekFrom::End(0))
+            .with_context(|| format!("cannot find the size of {}", mem.display()))?
+    };
     if file_len == 0 {
         bail!("{} is empty", mem.display());
     }
@@ -185,6 +192,13 @@ fn next_data(file: &File, pos: u64, end: u64, page: u64) -> std::io::Result<Opti
         Ok(s) => s,
         // ENXIO: no data at or after `pos`.
         Err(e) if e == rustix::io::Errno::NXIO => return Ok(None),
+        // EINVAL: no SEEK_DATA here (block devices): all of it is data.
+        Err(e) if e == rustix::io::Errno::INVAL => {
+            return Ok(Some(Range {
+                start: pos,
+                len: end - pos,
+            }));
+        }
         Err(e) => return Err(e.into()),
     };
     let start = (start / page * page).max(pos);
