@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub(crate) mod capture;
+pub(crate) mod extract;
+pub(crate) mod inspect;
+pub(crate) mod verify;
