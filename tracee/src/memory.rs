@@ -9,6 +9,9 @@
 //! - **Writes** go through `/proc/PID/mem`, which writes with `FOLL_FORCE` like a
 //!   debugger: read-only private pages (code, RELRO, a restored `PROT_READ` mapping) can
 //!   be written; `process_vm_writev` refuses them.
+//! - **Forced reads** ([`ProcessMemory::read_forced`]) go through `/proc/PID/mem` too,
+//!   for the pages `process_vm_readv` refuses: mappings without read permission
+//!   (`PROT_NONE` with data in it, execute-only code).
 //!
 //! Both need ptrace access permission to the process (being its tracer suffices). A
 //! `ProcessMemory` names the process by pid: use it while the process is known to stay
@@ -261,6 +264,44 @@ impl ProcessMemory {
             }
         }
         Ok(report)
+    }
+
+    /// Reads `buf.len()` bytes at `addr` through /proc/PID/mem, which reads like a debugger
+    /// (`FOLL_FORCE`): unlike `process_vm_readv` it can read pages of mappings without
+    /// read permission (`PROT_NONE`, execute-only), as long as the mapping could be made
+    /// readable (`VM_MAYREAD`). Fails on unmapped pages and on `VM_IO`/`VM_PFNMAP`
+    /// mappings.
+    pub fn read_forced(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let mem = self.mem_file()?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = addr.wrapping_add(done as u64);
+            match mem.read_at(&mut buf[done..], at) {
+                Ok(0) => {
+                    return Err(self.read_error(
+                        at,
+                        buf.len() - done,
+                        io::Error::from_raw_os_error(libc::EIO),
+                    ));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.read_error(at, buf.len() - done, e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, addr: u64, len: usize, source: io::Error) -> MemoryError {
+        match source.raw_os_error() {
+            Some(libc::ESRCH) => MemoryError::ProcessGone { pid: self.pid },
+            _ => MemoryError::Read {
+                pid: self.pid,
+                addr,
+                len: len as u64,
+                source,
+            },
+        }
     }
 
     /// Writes `bytes` at `addr` through /proc/PID/mem (read-only pages included).
