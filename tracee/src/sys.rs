@@ -225,9 +225,7 @@ pub(crate) fn prlimit(
         rlim_cur: 0,
         rlim_max: 0,
     };
-    let new_ptr = new
-        .as_ref()
-        .map_or(std::ptr::null(), |n| std::ptr::from_ref(n));
+    let new_ptr = new.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
     // SAFETY: `new_ptr` is null or points to an `rlimit64` on our stack, which the kernel
     // only reads; `old` is an `rlimit64` on our stack, valid for writes. Both outlive the
     // call.
