@@ -169,6 +169,11 @@ fn capture_frozen(
         output,
     };
     let bytes_read = copy_memory(&job, &layout, writer, observer)?;
+    // A process killed while frozen may have shown us an empty or partial layout: what
+    // was read is only trustworthy if it is still alive now.
+    if has_exited(process) {
+        return Err(CaptureError::Exited { pid, during: phase });
+    }
     Ok(Read {
         threads,
         regions: regions.len(),
@@ -288,14 +293,7 @@ fn explain(process: &SeizedProcess, error: CaptureError, during: &'static str) -
     ) {
         return error;
     }
-    let pidfd = process.pidfd();
-    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    let zero = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let exited = matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0);
-    if exited || error.means_gone() {
+    if has_exited(process) || error.means_gone() {
         log::debug!("process {} is gone: {error}", process.pid());
         CaptureError::Exited {
             pid: process.pid(),
@@ -304,6 +302,23 @@ fn explain(process: &SeizedProcess, error: CaptureError, during: &'static str) -
     } else {
         error
     }
+}
+
+/// Whether the seized process has died (by SIGKILL: its stopped threads cannot exit
+/// otherwise).
+fn has_exited(process: &SeizedProcess) -> bool {
+    let pidfd = process.pidfd();
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // The pidfd turns readable once the whole group is gone; a leader that died while
+    // other (traced) threads wait for us to reap them is already a zombie.
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        || procfs::process::Process::new(process.pid())
+            .and_then(|p| p.stat())
+            .map_or(true, |s| matches!(s.state, 'Z' | 'X'))
 }
 
 fn seize_error(pid: i32, e: SeizeError) -> CaptureError {
