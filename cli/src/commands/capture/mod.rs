@@ -45,7 +45,9 @@ pub(crate) struct CaptureArgs {
     /// With --from-file: import only these ranges of the file, as
     /// START:LEN (page aligned; K/M/G suffixes, 0x hex). Each becomes a
     /// region at address START. Default: the whole file as one region.
-    #[arg(long = "region", value_name = "START:LEN", value_parser = parse_range, requires = "from_file")]
+    // (`requires` alone is satisfied by an argument that conflicts with a present one,
+    // as the other source does: hence `conflicts_with` too.)
+    #[arg(long = "region", value_name = "START:LEN", value_parser = parse_range, requires = "from_file", conflicts_with = "pid")]
     regions: Vec<Range>,
 
     /// Store pages that equal this image's as references to it (an
@@ -59,7 +61,7 @@ pub(crate) struct CaptureArgs {
 
     /// With --pid: kill the process once the image is safely written
     /// (default: leave it running).
-    #[arg(long, requires = "pid")]
+    #[arg(long, requires = "pid", conflicts_with = "from_file")]
     kill: bool,
 
     /// Print the summary as one JSON object.
