@@ -58,6 +58,8 @@ fn capture_pid_leaves_the_process_running_or_kills_it() {
     assert_eq!(tracer_of(fx.pid()), "0");
     fx.wait_line(|l| l.is("TICK") && l.u64("n") > n + 3, T);
     ok(&[&"verify", &img]);
+    let text = ok(&[&"inspect", &img]);
+    assert!(text.contains("process    1 threads"), "{text}");
     let inspect: serde_json::Value =
         serde_json::from_str(&ok(&[&"inspect", &img, &"--json"])).unwrap();
     let process = &inspect["metadata"]["process"];
@@ -96,8 +98,10 @@ fn capture_pid_errors_are_clear() {
         vec!["capture", "--from-file", "/dev/null", "--kill", "-o"],
         vec!["capture", "--pid", "1", "--region", "0:4K", "-o"],
     ] {
-        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> =
-            args.iter().map(|s| s as &dyn AsRef<std::ffi::OsStr>).collect();
+        let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = args
+            .iter()
+            .map(|s| s as &dyn AsRef<std::ffi::OsStr>)
+            .collect();
         a.push(&img);
         assert_eq!(lazarus(&a).status.code(), Some(2), "{args:?}");
     }

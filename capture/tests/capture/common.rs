@@ -345,3 +345,22 @@ pub(crate) fn wait_blocked_in(pid: u32, nr: i64) {
         std::thread::sleep(Duration::from_millis(2));
     }
 }
+
+/// Waits until process `pid`'s state (`/proc/PID/stat`) is `state` (`T`: stopped).
+pub(crate) fn wait_state(pid: u32, state: char) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let now = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        if now == Some(state) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not reach state {state} within {T:?} (now {now:?})"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

@@ -528,3 +528,27 @@ fn prot_none_memory_with_data_is_read_through_proc_mem() {
     assert_eq!(back, stamp);
     ticks_after(&mut fx, None, 1);
 }
+
+#[test]
+fn a_stopped_process_is_captured_and_stays_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fx = Fixture::spawn("counter", ["--mib", "2", "--interval-ms", "20"]).unwrap();
+    fx.wait_ready(T);
+    fx.wait_line(|l| l.is("TICK"), T);
+    let pid = rustix::process::Pid::from_raw(fx.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    crate::common::wait_state(fx.pid(), 'T');
+    let mut frozen = Frozen::default();
+    let report =
+        capture_process(fx.pid() as i32, &options(dir.path(), "s.lzr"), &mut frozen).unwrap();
+    check_image(&report.image.path, &frozen);
+    let meta = metadata(&report.image.path);
+    let state = check_process(&meta, fx.pid(), &frozen.regions, &[]);
+    assert_eq!(state.job_stop_signal, Some(libc::SIGSTOP));
+    // Still stopped after the capture, untraced; SIGCONT lets it tick again.
+    crate::common::wait_state(fx.pid(), 'T');
+    assert_eq!(tracer_of(fx.pid()), 0);
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let n = fx.wait_line(|l| l.is("TICK"), T).u64("n");
+    ticks_after(&mut fx, None, n + 2);
+}
