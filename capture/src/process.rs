@@ -20,7 +20,7 @@
 //! [`CaptureError::Exited`].
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::event::{PollFd, PollFlags, poll};
 use snapshot_format::process::VmaFlags;
@@ -285,15 +285,35 @@ pub(crate) fn kernel_release() -> String {
         .into_owned()
 }
 
+/// How long an error path waits for signs that the process is dying, before reporting
+/// the error itself: a process killed while frozen makes our next request fail at once,
+/// but its threads take a moment to exit.
+const DEATH_GRACE: Duration = Duration::from_secs(1);
+
 /// Reports an error caused by the process dying as [`CaptureError::Exited`].
 fn explain(process: &SeizedProcess, error: CaptureError, during: &'static str) -> CaptureError {
-    if matches!(
+    let could_be_death = !matches!(
         error,
-        CaptureError::DiskFull { .. } | CaptureError::Output { .. }
-    ) {
+        CaptureError::DiskFull { .. }
+            | CaptureError::Output { .. }
+            | CaptureError::Unsupported { .. }
+            | CaptureError::InvalidOptions(_)
+    );
+    if !could_be_death {
         return error;
     }
-    if has_exited(process) || error.means_gone() {
+    let deadline = Instant::now() + DEATH_GRACE;
+    let gone = error.means_gone()
+        || loop {
+            if has_exited(process) {
+                break true;
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+    if gone {
         log::debug!("process {} is gone: {error}", process.pid());
         CaptureError::Exited {
             pid: process.pid(),
@@ -304,8 +324,11 @@ fn explain(process: &SeizedProcess, error: CaptureError, during: &'static str) -
     }
 }
 
-/// Whether the seized process has died (by SIGKILL: its stopped threads cannot exit
-/// otherwise).
+/// `SIGKILL`'s bit in the pending-signal masks.
+const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
+
+/// Whether the seized process has died or is dying (only SIGKILL ends a process whose
+/// threads are all stopped).
 fn has_exited(process: &SeizedProcess) -> bool {
     let pidfd = process.pidfd();
     let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
@@ -314,11 +337,14 @@ fn has_exited(process: &SeizedProcess) -> bool {
         tv_nsec: 0,
     };
     // The pidfd turns readable once the whole group is gone; a leader that died while
-    // other (traced) threads wait for us to reap them is already a zombie.
+    // other (traced) threads wait for us to reap them is already a zombie; a process
+    // being killed has SIGKILL pending until its threads get to it.
     matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
         || procfs::process::Process::new(process.pid())
-            .and_then(|p| p.stat())
-            .map_or(true, |s| matches!(s.state, 'Z' | 'X'))
+            .and_then(|p| p.status())
+            .map_or(true, |s| {
+                s.state.starts_with(['Z', 'X']) || (s.sigpnd | s.shdpnd) & SIGKILL_BIT != 0
+            })
 }
 
 fn seize_error(pid: i32, e: SeizeError) -> CaptureError {

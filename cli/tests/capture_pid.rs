@@ -1,29 +1,14 @@
 //! End-to-end tests of `lazarus capture --pid` against fixture processes.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::Duration;
 
+use common::{lazarus, ok};
 use fixtures::Fixture;
 
 const T: Duration = Duration::from_secs(30);
-
-fn lazarus(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lazarus"))
-        .args(args.iter().map(|a| a.as_ref()))
-        .output()
-        .expect("run lazarus")
-}
-
-fn ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let out = lazarus(args);
-    assert!(
-        out.status.success(),
-        "lazarus failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn tracer_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use capture::{AfterCapture, CaptureObserver, CaptureOptions, Stage};
+use capture::{AfterCapture, CaptureObserver, CaptureOptions, CaptureReport, Stage};
 use fixtures::{Fixture, Line};
 use snapshot_format::process::ThreadState;
 use snapshot_format::{Image, PageSource, ProcessMetadata, RegionInfo, RegionKind};
@@ -227,6 +227,28 @@ pub(crate) fn check_image(path: &Path, frozen: &Frozen) -> Vec<Runs> {
         totals.push(runs);
     }
     totals
+}
+
+/// A capture whose image was checked against the frozen process.
+pub(crate) struct Checked {
+    pub(crate) report: CaptureReport,
+    pub(crate) frozen: Frozen,
+    pub(crate) runs: Vec<Runs>,
+    pub(crate) meta: ProcessMetadata,
+}
+
+/// Captures `pid` with `opts`, observing with `frozen`, and checks the image page by
+/// page ([`check_image`]).
+pub(crate) fn capture_checked(pid: u32, opts: &CaptureOptions, mut frozen: Frozen) -> Checked {
+    let report = capture::capture_process(pid as i32, opts, &mut frozen).expect("capture");
+    let runs = check_image(&report.image.path, &frozen);
+    let meta = metadata(&report.image.path);
+    Checked {
+        report,
+        frozen,
+        runs,
+        meta,
+    }
 }
 
 /// The image's metadata.

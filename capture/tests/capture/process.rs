@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 
-use capture::{CaptureOptions, capture_process};
+use capture::CaptureOptions;
 use fixtures::Fixture;
 use fixtures::pattern::{self, PageKind, Stream};
 use fixtures::procmem;
@@ -13,8 +13,8 @@ use snapshot_format::process::{FdKind, SyscallRestart};
 use snapshot_format::{Image, PageSource, RegionKind};
 
 use crate::common::{
-    Frozen, PAGE, T, check_image, data_bytes_in, files_in, kill_options, metadata, options,
-    region_at, registers, ticks_after, tracer_of, wait_blocked_in,
+    Frozen, PAGE, T, capture_checked, data_bytes_in, files_in, kill_options, options, region_at,
+    registers, ticks_after, tracer_of, wait_blocked_in,
 };
 use crate::metadata::check_process;
 
@@ -35,9 +35,8 @@ fn counter_is_captured_byte_for_byte_and_keeps_ticking() {
         .wait_line(|l| l.is("TICK") && l.u64("n") >= 2, T)
         .u64("n");
 
-    let mut frozen = Frozen::default();
-    let report =
-        capture_process(fx.pid() as i32, &options(dir.path(), "c.lzr"), &mut frozen).unwrap();
+    let c = capture_checked(fx.pid(), &options(dir.path(), "c.lzr"), Frozen::default());
+    let (report, frozen, runs) = (&c.report, &c.frozen, &c.runs);
     assert_eq!(
         frozen.stages,
         ["frozen", "state", "layout", "memory", "released"]
@@ -46,7 +45,6 @@ fn counter_is_captured_byte_for_byte_and_keeps_ticking() {
         frozen.maps_at_freeze, frozen.maps_after_read,
         "nothing the capture injected is left in the layout"
     );
-    let runs = check_image(&report.image.path, &frozen);
 
     // The buffer is one anonymous region, every page stored (the pattern has no zero
     // pages), and its bytes were checked above.
@@ -63,8 +61,7 @@ fn counter_is_captured_byte_for_byte_and_keeps_ticking() {
     assert_eq!(report.image.raw_bytes, total);
     assert_eq!(frozen.last_progress, Some((total, total)));
 
-    let meta = metadata(&report.image.path);
-    let state = check_process(&meta, fx.pid(), &frozen.regions, &[]);
+    let state = check_process(&c.meta, fx.pid(), &frozen.regions, &[]);
     assert_eq!(state.threads.len(), 1);
     let fd0 = state.fds.iter().find(|f| f.fd == 0).unwrap();
     let fd2 = state.fds.iter().find(|f| f.fd == 2).unwrap();
@@ -82,7 +79,10 @@ fn counter_is_captured_byte_for_byte_and_keeps_ticking() {
     // Left running, untraced, and still verifying its memory on every tick.
     assert_eq!(tracer_of(fx.pid()), 0);
     ticks_after(&mut fx, None, before + 5);
-    assert_eq!(files_in(dir.path()), [report.image.path]);
+    assert_eq!(
+        files_in(dir.path()),
+        std::slice::from_ref(&report.image.path)
+    );
 }
 
 #[test]
@@ -95,15 +95,12 @@ fn every_thread_is_captured_and_keeps_ticking() {
     .unwrap();
     let ready = fx.wait_ready(T);
     fx.wait_line(|l| l.is("TICK") && l.u64("n") >= 2, T);
-    let mut frozen = Frozen::default();
-    let report =
-        capture_process(fx.pid() as i32, &options(dir.path(), "t.lzr"), &mut frozen).unwrap();
-    check_image(&report.image.path, &frozen);
-    let meta = metadata(&report.image.path);
+    let c = capture_checked(fx.pid(), &options(dir.path(), "t.lzr"), Frozen::default());
+    let (report, frozen, meta) = (&c.report, &c.frozen, &c.meta);
     let want: Vec<u32> = (0..4)
         .map(|k| ready.u64(&format!("tid{k}")) as u32)
         .collect();
-    let state = check_process(&meta, fx.pid(), &frozen.regions, &want);
+    let state = check_process(meta, fx.pid(), &frozen.regions, &want);
 
     let mut tids: Vec<u32> = state.threads.iter().map(|t| t.tid).collect();
     assert_eq!(report.threads, 4);
@@ -158,14 +155,10 @@ fn threads_starting_and_ending_during_captures() {
     // The churners start right after the first ticks.
     fx.wait_line(|l| l.is("TICK") && l.u64("thread") == 0, T);
     for round in 0..5 {
-        let mut frozen = Frozen::default();
         let name = format!("churn{round}.lzr");
-        let report =
-            capture_process(fx.pid() as i32, &options(dir.path(), &name), &mut frozen).unwrap();
-        check_image(&report.image.path, &frozen);
-        let meta = metadata(&report.image.path);
+        let c = capture_checked(fx.pid(), &options(dir.path(), &name), Frozen::default());
         let tickers = [ready.u64("tid0") as u32, ready.u64("tid1") as u32];
-        let state = check_process(&meta, fx.pid(), &frozen.regions, &tickers);
+        let state = check_process(&c.meta, fx.pid(), &c.frozen.regions, &tickers);
         // The two tickers and the four churners, plus any short-lived thread caught.
         assert!(state.threads.len() >= 6, "{} threads", state.threads.len());
         for k in 0..2 {
@@ -204,7 +197,7 @@ fn sparse_pages_are_classified_and_untouched_ones_never_read() {
     let stride = r.u64("data_stride");
     let key = pattern::key(r.u64("seed"), Stream::SparseData, 0);
 
-    let mut frozen = Frozen {
+    let frozen = Frozen {
         // Before the test reads anything back: the capture left the untouched region
         // and the data holes unpopulated (it never read them).
         at_memory_read: Some(Box::new(move |pid| {
@@ -224,9 +217,8 @@ fn sparse_pages_are_classified_and_untouched_ones_never_read() {
         })),
         ..Frozen::default()
     };
-    let report =
-        capture_process(fx.pid() as i32, &options(dir.path(), "s.lzr"), &mut frozen).unwrap();
-    let runs = check_image(&report.image.path, &frozen);
+    let c = capture_checked(fx.pid(), &options(dir.path(), "s.lzr"), frozen);
+    let (report, frozen, runs) = (&c.report, &c.frozen, &c.runs);
     let region = |start: u64| {
         frozen
             .regions
@@ -298,12 +290,9 @@ fn file_and_shared_mappings_come_from_the_right_place() {
     let r = fx.wait_ready(T);
     fx.wait_line(|l| l.is("TICK") && l.u64("n") >= 2, T);
     let seed = r.u64("seed");
-    let mut frozen = Frozen::default();
-    let report =
-        capture_process(fx.pid() as i32, &options(dir.path(), "f.lzr"), &mut frozen).unwrap();
-    let runs = check_image(&report.image.path, &frozen);
-    let meta = metadata(&report.image.path);
-    let state = check_process(&meta, fx.pid(), &frozen.regions, &[]);
+    let c = capture_checked(fx.pid(), &options(dir.path(), "f.lzr"), Frozen::default());
+    let (report, frozen, runs) = (&c.report, &c.frozen, &c.runs);
+    let state = check_process(&c.meta, fx.pid(), &frozen.regions, &[]);
     let region = |start: u64| {
         frozen
             .regions
@@ -399,16 +388,12 @@ fn a_process_blocked_in_sleep_or_read_is_captured_inside_the_call() {
         Fixture::spawn("blocked", ["--mode", "sleep", "--interval-ms", "400"]).unwrap();
     sleeper.wait_ready(T);
     wait_blocked_in(sleeper.pid(), libc::SYS_clock_nanosleep);
-    let mut frozen = Frozen::default();
-    let report = capture_process(
-        sleeper.pid() as i32,
+    let c = capture_checked(
+        sleeper.pid(),
         &options(dir.path(), "sleep.lzr"),
-        &mut frozen,
-    )
-    .unwrap();
-    check_image(&report.image.path, &frozen);
-    let meta = metadata(&report.image.path);
-    let state = check_process(&meta, sleeper.pid(), &frozen.regions, &[]);
+        Frozen::default(),
+    );
+    let state = check_process(&c.meta, sleeper.pid(), &c.frozen.regions, &[]);
     let sc = state.threads[0].syscall.expect("inside a system call");
     assert_eq!(sc.nr, libc::SYS_clock_nanosleep as u64);
     assert_eq!(sc.restart, Some(SyscallRestart::RestartBlock));
@@ -425,16 +410,12 @@ fn a_process_blocked_in_sleep_or_read_is_captured_inside_the_call() {
     .unwrap();
     let ready = reader.wait_ready(T);
     wait_blocked_in(reader.pid(), libc::SYS_read);
-    let mut frozen = Frozen::default();
-    let report = capture_process(
-        reader.pid() as i32,
+    let c = capture_checked(
+        reader.pid(),
         &options(dir.path(), "fifo.lzr"),
-        &mut frozen,
-    )
-    .unwrap();
-    check_image(&report.image.path, &frozen);
-    let meta = metadata(&report.image.path);
-    let state = check_process(&meta, reader.pid(), &frozen.regions, &[]);
+        Frozen::default(),
+    );
+    let state = check_process(&c.meta, reader.pid(), &c.frozen.regions, &[]);
     let t = &state.threads[0];
     let sc = t.syscall.expect("inside read");
     assert_eq!(sc.nr, libc::SYS_read as u64);
@@ -461,12 +442,12 @@ fn kill_ends_the_process_only_after_the_image_is_written() {
     let mut fx = Fixture::spawn("counter", ["--mib", "8", "--interval-ms", "20"]).unwrap();
     fx.wait_ready(T);
     fx.wait_line(|l| l.is("TICK") && l.u64("n") >= 1, T);
-    let mut frozen = Frozen::default();
     let opts = CaptureOptions {
         fsync: true,
         ..kill_options(dir.path(), "k.lzr")
     };
-    let report = capture_process(fx.pid() as i32, &opts, &mut frozen).unwrap();
+    let c = capture_checked(fx.pid(), &opts, Frozen::default());
+    let (report, frozen) = (&c.report, &c.frozen);
     assert!(report.killed);
     assert_eq!(
         frozen.stages,
@@ -476,8 +457,10 @@ fn kill_ends_the_process_only_after_the_image_is_written() {
     // its output ended.
     assert!(!std::path::Path::new(&format!("/proc/{}", fx.pid())).exists());
     assert!(fx.try_wait_tag("NEVER", T).is_err());
-    check_image(&report.image.path, &frozen);
-    assert_eq!(files_in(dir.path()), [report.image.path]);
+    assert_eq!(
+        files_in(dir.path()),
+        std::slice::from_ref(&report.image.path)
+    );
 }
 
 #[test]
@@ -516,9 +499,8 @@ fn prot_none_memory_with_data_is_read_through_proc_mem() {
         p.detach().unwrap();
         addr
     };
-    let mut frozen = Frozen::default();
-    let report = capture_process(pid, &options(dir.path(), "n.lzr"), &mut frozen).unwrap();
-    check_image(&report.image.path, &frozen);
+    let c = capture_checked(fx.pid(), &options(dir.path(), "n.lzr"), Frozen::default());
+    let (report, frozen) = (&c.report, &c.frozen);
     let region = region_at(&frozen.regions, addr);
     assert_eq!(region.kind, RegionKind::Anonymous);
     assert!(!region.prot.read && !region.prot.write);
@@ -538,12 +520,8 @@ fn a_stopped_process_is_captured_and_stays_stopped() {
     let pid = rustix::process::Pid::from_raw(fx.pid() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     crate::common::wait_state(fx.pid(), 'T');
-    let mut frozen = Frozen::default();
-    let report =
-        capture_process(fx.pid() as i32, &options(dir.path(), "s.lzr"), &mut frozen).unwrap();
-    check_image(&report.image.path, &frozen);
-    let meta = metadata(&report.image.path);
-    let state = check_process(&meta, fx.pid(), &frozen.regions, &[]);
+    let c = capture_checked(fx.pid(), &options(dir.path(), "s.lzr"), Frozen::default());
+    let state = check_process(&c.meta, fx.pid(), &c.frozen.regions, &[]);
     assert_eq!(state.job_stop_signal, Some(libc::SIGSTOP));
     // Still stopped after the capture, untraced; SIGCONT lets it tick again.
     crate::common::wait_state(fx.pid(), 'T');
