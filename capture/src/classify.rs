@@ -173,6 +173,8 @@ pub(crate) fn classify(vma: &Vma, file: Option<&MappedFile>) -> Result<Plan, Ref
             b"[vvar_vclock]" => (RegionKind::VvarVclock, Backing::NotRead),
             b"[heap]" => (RegionKind::Heap, Backing::Private),
             b"[stack]" => (RegionKind::Stack, Backing::Private),
+            // Thread stacks as kernels before 4.5 named them.
+            _ if name.starts_with(b"[stack:") => (RegionKind::Anonymous, Backing::Private),
             _ if unreadable => (RegionKind::Other, Backing::NotRead),
             _ if name.starts_with(b"[anon_shmem:") || vma.shared => {
                 (RegionKind::Shmem, Backing::SharedObject)
@@ -343,6 +345,7 @@ mod tests {
             ("rw-p", "", K::Anonymous, Backing::Private),
             ("rw-p", "[heap]", K::Heap, Backing::Private),
             ("rw-p", "[stack]", K::Stack, Backing::Private),
+            ("rw-p", "[stack:1234]", K::Anonymous, Backing::Private),
             ("rw-p", "[anon:buf]", K::Anonymous, Backing::Private),
             ("---p", "", K::Guard, Backing::NotRead),
             ("r-xp", "[vdso]", K::Vdso, Backing::Whole { until: 0x20000 }),

@@ -1,6 +1,8 @@
 //! [`CaptureError`]: why a capture failed. Whatever the variant, no image was left
 //! behind (not under its name, not as a temporary file) and, unless the variant says
-//! it exited, the process was left running and untraced.
+//! it exited, the process was left running (or in the job-control stop it was in) and
+//! untraced. The one exception is [`CaptureError::Kill`]: the image is complete, and
+//! only killing the process failed.
 
 use std::fmt;
 use std::io;
@@ -36,6 +38,8 @@ pub enum PermissionReason {
     /// The kernel refused for another reason: a security module, or a process that is
     /// not dumpable (setuid, `PR_SET_DUMPABLE` 0).
     Refused,
+    /// A kernel thread: it has no user memory to capture.
+    KernelThread,
 }
 
 impl fmt::Display for PermissionReason {
@@ -60,6 +64,7 @@ impl fmt::Display for PermissionReason {
                 "it belongs to uid {target_uid} and we run as uid {uid} without CAP_SYS_PTRACE \
                  (run as root)"
             ),
+            Self::KernelThread => f.write_str("it is a kernel thread, with no user memory"),
             Self::Refused => f.write_str(
                 "the kernel refused (a security module, or a process that is not dumpable, \
                  such as a setuid program)",
@@ -204,9 +209,10 @@ pub enum CaptureError {
         /// Why.
         reason: String,
     },
-    /// The image was written (and removed again), but the process could not be
-    /// detached cleanly.
-    #[error("process {pid} could not be released after the capture")]
+    /// The process could not be detached cleanly after its memory was read; no image
+    /// was written. Threads that could be detached run on; one that could not stays
+    /// traced until this process exits.
+    #[error("process {pid} could not be released after the capture; no image was written")]
     Detach {
         /// The pid.
         pid: i32,

@@ -368,12 +368,21 @@ fn seize_error(pid: i32, e: SeizeError) -> CaptureError {
     }
 }
 
+/// `PF_KTHREAD` in the task flags of `/proc/PID/stat`.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
 /// `CAP_SYS_PTRACE`'s bit in the capability sets.
 const CAP_SYS_PTRACE: u32 = 19;
 
 /// Why the kernel refused to let us trace `pid` (after `PTRACE_SEIZE` said `EPERM` and
 /// the thread was not traced by someone else).
 fn permission_reason(pid: i32) -> PermissionReason {
+    let target = procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ok();
+    if target.as_ref().is_some_and(|s| s.flags & PF_KTHREAD != 0) {
+        return PermissionReason::KernelThread;
+    }
     let ours = procfs::process::Process::myself()
         .and_then(|p| p.status())
         .ok();

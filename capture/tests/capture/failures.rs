@@ -208,7 +208,7 @@ fn missing_and_forbidden_processes_are_clear_errors() {
             err,
             CaptureError::NotPermitted {
                 pid: 2,
-                reason: PermissionReason::Refused
+                reason: PermissionReason::KernelThread
             }
         ),
         "{err:?}"
