@@ -9,6 +9,7 @@
 //! | `---p` anonymous with nothing populated | `guard` | none |
 //! | private file mapping | `file_private` | pages copied on write (pagemap: present or swapped, "file/shared" bit clear); every other page is a `file` run |
 //! | private mapping of a memfd or deleted file | `anonymous` (named after it) | every page inside the file: nothing can be reopened at restore |
+//! | private anonymous hugetlb (`/anon_hugepage (deleted)`) | `anonymous` (named so) | present pages, as anonymous memory |
 //! | `MAP_SHARED` regular file | `file_shared` | none: all `file` runs, restore maps the file again |
 //! | shared anonymous (`/dev/zero (deleted)`, `[anon_shmem:NAME]`), SysV (`/SYSV...`), deleted shared file | `shmem` | the object's data, read through `/proc/PID/map_files` (holes are zero runs) |
 //! | `MAP_SHARED` memfd (`/memfd:NAME (deleted)`) | `memfd` | as `shmem` |
@@ -180,7 +181,7 @@ pub(crate) fn classify(vma: &Vma, file: Option<&MappedFile>) -> Result<Plan, Ref
                 (RegionKind::Shmem, Backing::SharedObject)
             }
             _ if name.is_empty() || name.starts_with(b"[anon:") => {
-                if !vma.read && !vma.write && !vma.exec && vma.rss == 0 && vma.swap == 0 {
+                if !vma.read && !vma.write && !vma.exec && !vma.may_hold_pages() {
                     (RegionKind::Guard, Backing::NotRead)
                 } else {
                     (RegionKind::Anonymous, Backing::Private)
@@ -239,6 +240,14 @@ pub(crate) fn classify(vma: &Vma, file: Option<&MappedFile>) -> Result<Plan, Ref
         info.kind = RegionKind::FileShared;
         info.file = Some(file_mapping(file.ok_or_else(unknown_file)?, vma));
         return Ok(plan(info, Backing::FileShared));
+    }
+    if name.starts_with(b"/anon_hugepage") {
+        // MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB: anonymous memory the kernel backs
+        // with an unlinked hugetlbfs file. Read what is populated, like any anonymous
+        // memory (reading the rest would allocate huge pages).
+        info.kind = RegionKind::Anonymous;
+        info.name = Some(vma.name_lossy());
+        return Ok(plan(info, Backing::Private));
     }
     if deleted || memfd {
         // Nothing to map again at restore: capture every page inside the file.
@@ -401,6 +410,13 @@ mod tests {
         assert_eq!(
             kind_and_backing(&vma("r--p", "/tmp/gone (deleted)", 7), Some(&gone)),
             (K::Anonymous, Backing::Whole { until: 0x13000 })
+        );
+        // Private anonymous hugetlb memory is anonymous memory.
+        let mut huge = vma("rw-p", "/anon_hugepage (deleted)", 7);
+        huge.vm_flags = vec!["ht".into()];
+        assert_eq!(
+            kind_and_backing(&huge, Some(&file("/anon_hugepage", true))),
+            (K::Anonymous, Backing::Private)
         );
         // Without a way to identify the file: refused, not guessed.
         assert!(classify(&vma("r--p", "/usr/lib/x.so", 7), None).is_err());

@@ -127,7 +127,7 @@ impl PageCopier {
         progress: &mut dyn FnMut(&ImageWriter),
     ) -> Result<(), CopyError> {
         let (start, end) = (plan.info.start, plan.info.end());
-        let populated = vma.rss > 0 || vma.swap > 0;
+        let populated = vma.may_hold_pages();
         let mut cx = Ctx {
             src,
             plan,

@@ -59,6 +59,13 @@ impl Vma {
         self.end - self.start
     }
 
+    /// Whether any page of the mapping may be in memory or swapped: `Rss` or `Swap` is
+    /// not zero. Hugetlb pages count in neither (smaps reports them as `*_Hugetlb`), so a
+    /// hugetlb mapping always may.
+    pub(crate) fn may_hold_pages(&self) -> bool {
+        self.rss > 0 || self.swap > 0 || self.has_flag("ht")
+    }
+
     /// Whether `VmFlags` has code `flag`.
     pub(crate) fn has_flag(&self, flag: &str) -> bool {
         self.vm_flags.iter().any(|f| f == flag)

@@ -530,3 +530,75 @@ fn a_stopped_process_is_captured_and_stays_stopped() {
     let n = fx.wait_line(|l| l.is("TICK"), T).u64("n");
     ticks_after(&mut fx, None, n + 2);
 }
+
+/// Huge pages added to the pool for a test, given back on drop (read-modify-write of
+/// `vm.nr_hugepages`, so another test's reservation is not undone).
+struct HugePages(u64);
+
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+
+fn nr_hugepages() -> Option<u64> {
+    std::fs::read_to_string(NR_HUGEPAGES)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+impl HugePages {
+    fn reserve(n: u64) -> Option<HugePages> {
+        let now = nr_hugepages()?;
+        std::fs::write(NR_HUGEPAGES, (now + n).to_string()).ok()?;
+        let got = nr_hugepages()?;
+        let guard = HugePages(got.saturating_sub(now));
+        (guard.0 >= n).then_some(guard)
+    }
+}
+
+impl Drop for HugePages {
+    fn drop(&mut self) {
+        if let Some(now) = nr_hugepages() {
+            let _ = std::fs::write(NR_HUGEPAGES, now.saturating_sub(self.0).to_string());
+        }
+    }
+}
+
+#[test]
+fn hugetlb_memory_is_captured() {
+    // Hugetlb pages are not counted in smaps' Rss: the mapping must be scanned anyway.
+    let Some(_pages) = HugePages::reserve(1) else {
+        eprintln!("skipped: cannot reserve a huge page (not root?)");
+        return;
+    };
+    let script = "
+import ctypes, mmap, sys, time
+m = mmap.mmap(-1, 2 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x40000)
+for i in range(0, 2 << 20, 4096):
+    m[i:i + 8] = (i // 4096 + 1).to_bytes(8, 'little')
+addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+sys.stdout.write('READY addr=0x%x\\n' % addr)
+sys.stdout.flush()
+while True:
+    time.sleep(1)
+";
+    let mut command = Command::new("python3");
+    command.args(["-c", script]);
+    let Ok(mut fx) = Fixture::from_command("python3", command) else {
+        eprintln!("skipped: no python3");
+        return;
+    };
+    let addr = fx.wait_ready(T).hex("addr");
+    let dir = tempfile::tempdir().unwrap();
+    let c = capture_checked(fx.pid(), &options(dir.path(), "h.lzr"), Frozen::default());
+    let region = region_at(&c.frozen.regions, addr);
+    assert_eq!(region.start, addr);
+    assert_eq!(region.len, 2 << 20);
+    let image = Image::open(&c.report.image.path).unwrap();
+    assert_eq!(
+        data_bytes_in(&image, addr, 2 << 20),
+        2 << 20,
+        "every page stored"
+    );
+    let flags = c.meta.process.as_ref().unwrap().vma_flags.iter();
+    assert!(flags.filter(|f| f.start == addr).all(|f| f.has("ht")));
+}
