@@ -19,8 +19,10 @@
 //!
 //! Configuration ([`CaptureBenchConfig::from_env`]): `LAZARUS_BENCH_CAPTURE_MIB`
 //! (default 1024), `LAZARUS_BENCH_RUNS` (3), `LAZARUS_BENCH_DIR` (the system temporary
-//! directory), `LAZARUS_BENCH_WORKERS` (one per CPU). The fixture programs must be
-//! built in the same profile (`cargo build --release -p fixtures`).
+//! directory), and the capture's settings `LAZARUS_BENCH_WORKERS` (one per CPU),
+//! `LAZARUS_BENCH_LEVEL` (the zstd default), `LAZARUS_BENCH_CHUNK_KIB` (64) and
+//! `LAZARUS_BENCH_CODEC` (`zstd` or `raw`). The fixture programs must be built in the
+//! same profile (`cargo build --release -p fixtures`).
 
 use std::fs::File;
 use std::io::Write;
@@ -51,14 +53,14 @@ pub struct CaptureBenchConfig {
     pub workers: usize,
     /// Chunk size of the capture.
     pub chunk_size: usize,
-    /// zstd level of the capture.
-    pub level: i32,
+    /// Chunk compression of the capture.
+    pub compression: Compression,
 }
 
 impl CaptureBenchConfig {
     /// The defaults, overridden by the environment (see the module docs).
     pub fn from_env() -> Result<Self, BenchError> {
-        let var = |name: &'static str, default: u64| -> Result<u64, BenchError> {
+        fn parsed<T: std::str::FromStr>(name: &'static str, default: T) -> Result<T, BenchError> {
             match std::env::var(name) {
                 Ok(v) => v.trim().parse().map_err(|_| BenchError::Config {
                     name,
@@ -66,7 +68,23 @@ impl CaptureBenchConfig {
                 }),
                 Err(_) => Ok(default),
             }
+        }
+        let var = parsed::<u64>;
+        let level = parsed("LAZARUS_BENCH_LEVEL", DEFAULT_ZSTD_LEVEL)?;
+        let compression = match std::env::var("LAZARUS_BENCH_CODEC").as_deref() {
+            Err(_) | Ok("zstd") => Compression::Zstd { level },
+            Ok("raw") => Compression::Raw,
+            Ok(other) => {
+                return Err(BenchError::Config {
+                    name: "LAZARUS_BENCH_CODEC",
+                    value: other.to_owned(),
+                });
+            }
         };
+        let chunk_kib = var(
+            "LAZARUS_BENCH_CHUNK_KIB",
+            (DEFAULT_CHUNK_SIZE / 1024) as u64,
+        )?;
         let cpus = std::thread::available_parallelism().map_or(1, usize::from) as u64;
         Ok(Self {
             mib: var("LAZARUS_BENCH_CAPTURE_MIB", 1024)?.max(1),
@@ -74,8 +92,8 @@ impl CaptureBenchConfig {
             dir: std::env::var_os("LAZARUS_BENCH_DIR")
                 .map_or_else(std::env::temp_dir, PathBuf::from),
             workers: var("LAZARUS_BENCH_WORKERS", cpus)? as usize,
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            level: DEFAULT_ZSTD_LEVEL,
+            chunk_size: usize::try_from(chunk_kib.saturating_mul(1024)).unwrap_or(usize::MAX),
+            compression,
         })
     }
 }
@@ -170,16 +188,19 @@ impl CaptureBenchResult {
     /// A markdown table of the medians, and every run.
     pub fn report(&self) -> String {
         let c = &self.config;
+        let codec = match c.compression {
+            Compression::Zstd { level } => format!("zstd level {level}"),
+            Compression::Raw => "raw chunks".to_owned(),
+        };
         let mut out = format!(
             "capture benchmark: memhog {} MiB ({} data pages, {} zero pages), {} runs, \
-             {} workers, chunk {} KiB, zstd level {}\n\n",
+             {} workers, chunk {} KiB, {codec}\n\n",
             c.mib,
             self.data_pages,
             self.zero_pages,
             c.runs,
             c.workers,
             c.chunk_size / 1024,
-            c.level
         );
         out.push_str("median run (by time):\n\n");
         out.push_str("| method | time (s) | frozen (s) | file (MiB) | GB/s |\n");
@@ -246,9 +267,7 @@ fn run_in(
         let opts = CaptureOptions {
             workers: config.workers,
             chunk_size: config.chunk_size,
-            compression: Compression::Zstd {
-                level: config.level,
-            },
+            compression: config.compression,
             ..CaptureOptions::new(&image_path)
         };
         let started = Instant::now();
