@@ -1,8 +1,5 @@
-//! [`CaptureError`]: why a capture failed. Whatever the variant, no image was left
-//! behind (not under its name, not as a temporary file) and, unless the variant says
-//! it exited, the process was left running (or in the job-control stop it was in) and
-//! untraced. The one exception is [`CaptureError::Kill`]: the image is complete, and
-//! only killing the process failed.
+//! [`CaptureError`]: why a capture failed, and [`PermissionReason`]: why the kernel
+//! would not let us trace a process.
 
 use std::fmt;
 use std::io;
@@ -73,8 +70,12 @@ impl fmt::Display for PermissionReason {
     }
 }
 
-/// Why a capture failed. See the [module documentation](self) for what is guaranteed
-/// afterwards.
+/// Why a capture failed.
+///
+/// Whatever the variant, no image was left behind (not under its name, not as a
+/// temporary file) and, unless the variant says it exited, the process was left running
+/// (or in the job-control stop it was in) and untraced. The one exception is
+/// [`CaptureError::Kill`]: the image is complete, and only killing the process failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// An option is out of range.

@@ -1,23 +1,5 @@
-//! [`capture_process`]: freeze a live process, read its state, layout and memory, write
-//! the image, and let the process go (or kill it once the image is safe).
-//!
-//! ```text
-//! create the image writer (temporary file)     unwritable output fails here, untouched
-//! seize: every thread PTRACE_SEIZEd + stopped  ── frozen from here ──────────────┐
-//! state: registers, xstate, ... per thread;                                      │
-//!        remote rt_sigaction / brk / prctl / sigaltstack (scratch mapped, unmapped)
-//!        /proc: stat, status, auxv, exe, cwd, fds (+kcmp), prlimit               │
-//! layout: /proc/PID/smaps → classified regions (after the remote calls)          │
-//! memory: pagemap → process_vm_readv batches → writer (workers compress)         │
-//! leave running: detach ───────────────────────────────────────────────────────┘
-//!                finish (last chunks, index, footer, rename, fsync)
-//! --kill:        finish, then SIGKILL  ────────────────────────────────────────┘
-//! ```
-//!
-//! On every error the seized process is dropped (every thread detached: it continues
-//! where it was) and so is the writer (its temporary file is removed): no image, a
-//! running process. An error caused by the process dying is reported as
-//! [`CaptureError::Exited`].
+//! [`capture_process`] and the steps it shares with
+//! [`capture_self_ranges`](crate::capture_self_ranges).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -35,8 +17,29 @@ use crate::pages::{CopyError, PageCopier, Source};
 use crate::smaps::{self, Vma};
 use crate::state::{self, proc_error, read_small};
 
-/// Captures process `pid` into `opts.output`. See the [module documentation](self)
-/// and `docs/CAPTURE.md`.
+/// Captures process `pid` into `opts.output`: freezes it, reads its state, layout and
+/// memory, writes the image, and lets the process go (or kills it once the image is
+/// safe).
+///
+/// ```text
+/// create the image writer (temporary file)     unwritable output fails here, untouched
+/// seize: every thread PTRACE_SEIZEd + stopped  ── frozen from here ──────────────┐
+/// state: registers, xstate, ... per thread;                                      │
+///        remote rt_sigaction / brk / prctl / sigaltstack (scratch mapped, unmapped)
+///        /proc: stat, status, auxv, exe, cwd, fds (+kcmp), prlimit               │
+/// layout: /proc/PID/smaps → classified regions (after the remote calls)          │
+/// memory: pagemap → process_vm_readv batches → writer (workers compress)         │
+/// leave running: detach ───────────────────────────────────────────────────────┘
+///                finish (last chunks, index, footer, rename, fsync)
+/// --kill:        finish, then SIGKILL  ────────────────────────────────────────┘
+/// ```
+///
+/// On every error the seized process is dropped (every thread detached: it continues
+/// where it was) and so is the writer (its temporary file is removed): no image, a
+/// running process. An error caused by the process dying is reported as
+/// [`CaptureError::Exited`].
+///
+/// `docs/CAPTURE.md` in the repository is the user documentation.
 pub fn capture_process(
     pid: i32,
     opts: &CaptureOptions,

@@ -1,22 +1,4 @@
-//! [`capture_self_ranges`]: an image of selected address ranges of the calling process,
-//! for runtimes that snapshot their own heap.
-//!
-//! The ranges are classified and read exactly as a process capture reads the same
-//! mappings (never-populated pages are not read, zero pages are dropped, private file
-//! pages that were never written are file runs, ...), through the same
-//! `process_vm_readv` path — a read of an unmapped page is an error, never a crash.
-//! Each piece of a range that lies in one mapping becomes one region.
-//!
-//! # Consistency
-//!
-//! The calling process is **not** frozen: other threads keep running while the ranges
-//! are read, in batches of a few MiB, in address order. A page another thread writes
-//! during the capture may be captured before, after or partway through that write, and
-//! two pages are not captured at the same instant. Callers that need a consistent image
-//! must keep the ranges unchanged for the duration of the call (stop their mutator
-//! threads, or capture memory that is not being written). The image holds no process
-//! state ([`ProcessMetadata::process`](snapshot_format::ProcessMetadata::process) is
-//! `None`).
+//! [`capture_self_ranges`].
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -32,9 +14,41 @@ use crate::process::{MemoryJob, copy_memory, kernel_release, plan_layout};
 use crate::smaps::{self, Vma};
 
 /// Captures `ranges` (page-aligned, non-empty, non-overlapping address ranges of the
-/// calling process, in any order) into `opts.output`. See the
-/// [module documentation](self) for the consistency caveat. `opts.after` must be
+/// calling process, in any order) into `opts.output`: an image of selected memory of
+/// the calling process, for runtimes that snapshot their own heap. `opts.after` must be
 /// [`AfterCapture::LeaveRunning`].
+///
+/// The ranges are classified and read exactly as a process capture reads the same
+/// mappings (never-populated pages are not read, zero pages are dropped, private file
+/// pages that were never written are file runs, ...), through the same
+/// `process_vm_readv` path — a read of an unmapped page is an error, never a crash.
+/// Each piece of a range that lies in one mapping becomes one region.
+///
+/// ```
+/// use capture::{CaptureOptions, capture_self_ranges};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let heap = vec![7u8; 1 << 20];
+/// let page = 4096u64;
+/// let start = (heap.as_ptr() as u64).div_ceil(page) * page; // whole pages inside it
+/// let range = start..start + 64 * page;
+/// let opts = CaptureOptions::new(dir.path().join("heap.lzr"));
+/// let report = capture_self_ranges(std::slice::from_ref(&range), &opts).unwrap();
+/// assert_eq!(report.image.raw_bytes, 64 * page);
+/// assert_eq!(report.image.data_bytes, 64 * page); // every page was sevens
+/// ```
+///
+/// # Consistency
+///
+/// The calling process is **not** frozen: other threads keep running while the ranges
+/// are read, in batches of a few MiB, in address order. A page another thread writes
+/// during the capture may be captured before, after or partway through that write (even
+/// one 8-byte word may be torn: the kernel's copy is not atomic per word), and two pages
+/// are not captured at the same instant. Callers that need a consistent image
+/// must keep the ranges unchanged for the duration of the call (stop their mutator
+/// threads, or capture memory that is not being written). The image holds no process
+/// state ([`ProcessMetadata::process`](snapshot_format::ProcessMetadata::process) is
+/// `None`).
 pub fn capture_self_ranges(
     ranges: &[Range<u64>],
     opts: &CaptureOptions,
