@@ -1,1 +1,3 @@
 //! The Lazarus benchmark harness.
+
+pub mod capture;

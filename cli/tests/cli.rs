@@ -4,29 +4,11 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{lazarus, ok};
 
 const PAGE: u64 = 4096;
-
-fn lazarus(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lazarus"))
-        .args(args.iter().map(|a| a.as_ref()))
-        .output()
-        .expect("run lazarus")
-}
-
-fn ok(args: &[&dyn AsRef<std::ffi::OsStr>]) -> String {
-    let out = lazarus(args);
-    assert!(
-        out.status.success(),
-        "lazarus {:?} failed: {}",
-        args.iter()
-            .map(|a| a.as_ref().to_owned())
-            .collect::<Vec<_>>(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// Deterministic pseudo-random bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {

@@ -100,6 +100,7 @@ pub mod layout;
 pub mod limits;
 mod meta;
 mod mmap;
+pub mod process;
 pub mod writer;
 
 pub use codec::{
@@ -115,4 +116,5 @@ pub use meta::{
     FileIdentity, FileMapping, ImageId, METADATA_VERSION, ParentRef, ProcessMetadata, Protection,
     RegionInfo, RegionKind, SourceFile,
 };
+pub use process::ProcessState;
 pub use writer::{ImageWriter, Progress, WriteSummary, WriterOptions, parent_ref};

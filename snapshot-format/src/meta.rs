@@ -24,6 +24,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::process::ProcessState;
+
 /// The process metadata version this crate writes and the newest it reads.
 pub const METADATA_VERSION: u32 = 1;
 
@@ -118,10 +120,10 @@ impl<'de> serde::de::Visitor<'de> for BytesOrStr {
 
 /// Serde adapter for `PathBuf` fields: raw bytes in msgpack, a (lossy) string
 /// in human-readable formats.
-mod path_bytes {
+pub(crate) mod path_bytes {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             s.serialize_str(&p.to_string_lossy())
         } else {
@@ -129,17 +131,17 @@ mod path_bytes {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         let bytes = d.deserialize_bytes(BytesOrStr)?;
         Ok(PathBuf::from(OsString::from_vec(bytes)))
     }
 }
 
 /// Serde adapter for `Option<PathBuf>` fields.
-mod opt_path_bytes {
+pub(crate) mod opt_path_bytes {
     use super::*;
 
-    pub(super) fn serialize<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct W<'a>(#[serde(with = "path_bytes")] &'a Path);
         match p {
@@ -148,7 +150,7 @@ mod opt_path_bytes {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<PathBuf>, D::Error> {
         #[derive(Deserialize)]
@@ -157,13 +159,48 @@ mod opt_path_bytes {
     }
 }
 
+/// Serde adapter for raw byte fields (register sets): `bin` in msgpack, a
+/// lowercase hex string in human-readable formats.
+pub(crate) mod hex_bytes {
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            let mut hex = String::with_capacity(b.len() * 2);
+            for byte in b {
+                hex.push_str(&format!("{byte:02x}"));
+            }
+            s.serialize_str(&hex)
+        } else {
+            s.serialize_bytes(b)
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if !d.is_human_readable() {
+            return d.deserialize_bytes(BytesOrStr);
+        }
+        let text = d.deserialize_str(BytesOrStr)?;
+        if text.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd number of hex digits"));
+        }
+        text.chunks_exact(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|s| u8::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| serde::de::Error::custom("not a hex string"))
+            })
+            .collect()
+    }
+}
+
 /// Metadata of the captured process (or of the imported memory file).
 ///
 /// Every field is optional on decode (`#[serde(default)]`), so fields can be
-/// added by later captures without breaking old images. Fields that only
-/// process captures fill (threads, signal handlers, mm fields, file
-/// descriptors, rlimits) are added here by the capture crate's authors in the
-/// same way.
+/// added by later captures without breaking old images. What only live
+/// process captures record (threads, signal handlers, mm fields, file
+/// descriptors, rlimits) is grouped in [`ProcessMetadata::process`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProcessMetadata {
@@ -185,6 +222,9 @@ pub struct ProcessMetadata {
     pub captured_at: Option<SystemTime>,
     /// For `lazarus capture --from-file`: the imported file.
     pub source_file: Option<SourceFile>,
+    /// For `lazarus capture --pid`: threads, signal handlers, mm fields,
+    /// file descriptors, limits (see [`ProcessState`]).
+    pub process: Option<ProcessState>,
 }
 
 impl Default for ProcessMetadata {
@@ -198,6 +238,7 @@ impl Default for ProcessMetadata {
             page_size: None,
             captured_at: None,
             source_file: None,
+            process: None,
         }
     }
 }

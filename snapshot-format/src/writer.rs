@@ -62,8 +62,8 @@ use crate::error::WriteError;
 use crate::index::{Blob, ChunkEntry, IndexRepr, RegionRepr, RunSource, encode_chunk, encode_run};
 use crate::layout::{FOOTER_LEN, Footer, HEADER_LEN, Header};
 use crate::limits::{
-    DEFAULT_CHUNK_SIZE, MAX_CHUNK_RAW_LEN, MAX_CHUNKS, MAX_INDEX_LEN, MAX_PAGE_SIZE, MAX_REGIONS,
-    MAX_RUNS, MIN_CHUNK_SIZE, MIN_PAGE_SIZE,
+    DEFAULT_CHUNK_SIZE, MAX_CHUNK_RAW_LEN, MAX_CHUNKS, MAX_INDEX_ITEMS, MAX_INDEX_LEN,
+    MAX_PAGE_SIZE, MAX_REGIONS, MAX_RUNS, MIN_CHUNK_SIZE, MIN_PAGE_SIZE,
 };
 use crate::meta::{ImageId, ParentRef, ProcessMetadata, RegionInfo};
 
@@ -557,6 +557,14 @@ impl ImageWriter {
                 limit: MAX_INDEX_LEN,
             });
         }
+        // The reader's pre-decode scan bounds the number of msgpack values and their
+        // nesting; metadata (a process with a million fds, say) could exceed it.
+        if crate::index::scan_msgpack(&index).is_err() {
+            return Err(WriteError::LimitExceeded {
+                what: "index values",
+                limit: MAX_INDEX_ITEMS as u64,
+            });
+        }
         let index_hash = xxh3_128(&index);
         let index_offset = self.out.next_offset.load(Ordering::Relaxed);
         let footer = Footer {
@@ -950,6 +958,32 @@ mod tests {
             relative_path(Path::new("/"), Path::new("/x")),
             PathBuf::from("x")
         );
+    }
+
+    #[test]
+    fn metadata_the_reader_would_refuse_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.lzr");
+        let mut w = ImageWriter::create(&path, WriterOptions::default()).unwrap();
+        w.set_metadata(ProcessMetadata {
+            process: Some(crate::ProcessState {
+                auxv: vec![0; MAX_INDEX_ITEMS],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = w.finish().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                WriteError::LimitExceeded {
+                    what: "index values",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

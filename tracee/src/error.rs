@@ -489,3 +489,16 @@ pub enum KillError {
         timeout: Duration,
     },
 }
+
+/// Why reading or setting a resource limit failed.
+#[derive(Debug, thiserror::Error)]
+#[error("prlimit of resource {resource} on process {pid} failed")]
+pub struct LimitError {
+    /// The process.
+    pub pid: i32,
+    /// The resource number.
+    pub resource: u32,
+    /// The error (`EINVAL`: unknown resource; `EPERM`: not allowed; `ESRCH`: gone).
+    #[source]
+    pub source: io::Error,
+}

@@ -4,12 +4,14 @@
 //! ```text
 //!  SeizedProcess::seize(pid)          every thread PTRACE_SEIZEd and interrupted,
 //!      │                              race-free against threads coming and going
-//!      ├── registers / xstate / signal_mask / rseq_configuration / stop_siginfo
-//!      │   (and their setters)        per-thread state, as plain serde data
+//!      ├── registers / xstate / signal_mask / rseq_configuration / robust_list /
+//!      │   stop_siginfo (and setters)  per-thread state, as plain serde data
+//!      ├── resource_limit / set_resource_limit   prlimit from outside
 //!      ├── remote(tid) ─► RemoteSession::syscall(nr, args)
 //!      │                  RemoteScratch (remote mmap, munmapped on drop)
 //!      ├── memory()    ─► read_ranges (process_vm_readv, batched, per-page failures)
-//!      │                  write (/proc/PID/mem, works on read-only pages)
+//!      │                  read_forced / write (/proc/PID/mem: PROT_NONE and
+//!      │                  read-only pages too)
 //!      ├── take_fd(fd)    pidfd_getfd;  same_open_file(fd1, fd2)  kcmp(KCMP_FILE)
 //!      └── detach() | kill() | drop   always leaves the process running and untraced
 //! ```
@@ -47,6 +49,7 @@ compile_error!(
 
 mod error;
 mod fds;
+mod limits;
 mod memory;
 mod process;
 mod procfs_util;
@@ -58,17 +61,18 @@ mod syscall_state;
 mod wait;
 
 pub use error::{
-    DetachError, FdError, KillError, MemoryError, RemoteError, SeizeError, ThreadError,
+    DetachError, FdError, KillError, LimitError, MemoryError, RemoteError, SeizeError, ThreadError,
 };
 pub use fds::{compare_open_files, same_open_file};
+pub use limits::{RLIMIT_COUNT, ResourceLimit};
 pub use memory::{FailedRange, IOV_MAX, PAGE_SIZE, ProcessMemory, ReadReport, RemoteRange};
 pub use process::{
     DEFAULT_TIMEOUT, MAX_SEIZE_ROUNDS, MAX_THREADS, SeizeOptions, SeizedProcess, ThreadInfo,
     ThreadStop,
 };
 pub use regs::{
-    GeneralRegisters, KernelSigaction, RseqConfiguration, SigInfo, SignalMask, USER64_CS,
-    XSAVE_HEADER_OFFSET, XState,
+    GeneralRegisters, KernelSigaction, RobustList, RseqConfiguration, SigInfo, SignalMask,
+    USER64_CS, XSAVE_HEADER_OFFSET, XState,
 };
 pub use remote::{MAX_SCRATCH_LEN, MAX_SITE_SCAN_LEN, RemoteScratch, RemoteSession};
 pub use state::MAX_XSTATE_LEN;

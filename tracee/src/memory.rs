@@ -9,6 +9,9 @@
 //! - **Writes** go through `/proc/PID/mem`, which writes with `FOLL_FORCE` like a
 //!   debugger: read-only private pages (code, RELRO, a restored `PROT_READ` mapping) can
 //!   be written; `process_vm_writev` refuses them.
+//! - **Forced reads** ([`ProcessMemory::read_forced`]) go through `/proc/PID/mem` too,
+//!   for the pages `process_vm_readv` refuses: mappings without read permission
+//!   (`PROT_NONE` with data in it, execute-only code).
 //!
 //! Both need ptrace access permission to the process (being its tracer suffices). A
 //! `ProcessMemory` names the process by pid: use it while the process is known to stay
@@ -105,6 +108,13 @@ fn fail_page(
         at.index += 1;
         at.offset = 0;
     }
+}
+
+/// Which way a /proc/PID/mem transfer goes.
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
 }
 
 /// Access to the memory of process `pid`.
@@ -263,33 +273,70 @@ impl ProcessMemory {
         Ok(report)
     }
 
+    /// Reads `buf.len()` bytes at `addr` through /proc/PID/mem, which reads like a debugger
+    /// (`FOLL_FORCE`): unlike `process_vm_readv` it can read pages of mappings without
+    /// read permission (`PROT_NONE`, execute-only), as long as the mapping could be made
+    /// readable (`VM_MAYREAD`). Fails on unmapped pages and on `VM_IO`/`VM_PFNMAP`
+    /// mappings.
+    pub fn read_forced(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        let mem = self.mem_file()?;
+        self.transfer(addr, buf.len(), Direction::Read, |done, at| {
+            mem.read_at(&mut buf[done..], at)
+        })
+    }
+
     /// Writes `bytes` at `addr` through /proc/PID/mem (read-only pages included).
     pub fn write(&self, addr: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         let mem = self.mem_file()?;
+        self.transfer(addr, bytes.len(), Direction::Write, |done, at| {
+            mem.write_at(&bytes[done..], at)
+        })
+    }
+
+    /// Repeats `op(done, addr + done)` (one `pread`/`pwrite` of /proc/PID/mem) until
+    /// `len` bytes are transferred; a zero-length transfer (an unmapped page) or an error
+    /// ends it, naming the first address that failed.
+    fn transfer(
+        &self,
+        addr: u64,
+        len: usize,
+        direction: Direction,
+        mut op: impl FnMut(usize, u64) -> io::Result<usize>,
+    ) -> Result<(), MemoryError> {
         let mut done = 0usize;
-        while done < bytes.len() {
+        while done < len {
             let at = addr.wrapping_add(done as u64);
-            match mem.write_at(&bytes[done..], at) {
+            match op(done, at) {
                 Ok(0) => {
-                    return Err(self.write_error(
-                        at,
-                        bytes.len() - done,
-                        io::Error::from_raw_os_error(libc::EIO),
-                    ));
+                    let eio = io::Error::from_raw_os_error(libc::EIO);
+                    return Err(self.transfer_error(direction, at, len - done, eio));
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.write_error(at, bytes.len() - done, e)),
+                Err(e) => return Err(self.transfer_error(direction, at, len - done, e)),
             }
         }
         Ok(())
     }
 
-    fn write_error(&self, addr: u64, len: usize, source: io::Error) -> MemoryError {
-        match source.raw_os_error() {
-            Some(libc::ESRCH) => MemoryError::ProcessGone { pid: self.pid },
-            _ => MemoryError::Write {
-                pid: self.pid,
+    fn transfer_error(
+        &self,
+        direction: Direction,
+        addr: u64,
+        len: usize,
+        source: io::Error,
+    ) -> MemoryError {
+        let pid = self.pid;
+        match (source.raw_os_error(), direction) {
+            (Some(libc::ESRCH), _) => MemoryError::ProcessGone { pid },
+            (_, Direction::Read) => MemoryError::Read {
+                pid,
+                addr,
+                len: len as u64,
+                source,
+            },
+            (_, Direction::Write) => MemoryError::Write {
+                pid,
                 addr,
                 len,
                 source,

@@ -147,6 +147,16 @@ impl From<linux_raw_sys::ptrace::ptrace_rseq_configuration> for RseqConfiguratio
     }
 }
 
+/// A thread's robust futex list registration (`get_robust_list(2)`); `head == 0` when the
+/// thread registered none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RobustList {
+    /// Address of the thread's `struct robust_list_head`.
+    pub head: u64,
+    /// The length registered with `set_robust_list(2)`.
+    pub len: u64,
+}
+
 /// The `siginfo_t` of a thread's current ptrace stop (`PTRACE_GETSIGINFO`), as the kernel's
 /// 128 raw bytes, with accessors for the three leading fields every variant shares.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

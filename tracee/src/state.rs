@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use crate::error::ThreadError;
 use crate::process::{SeizedProcess, ThreadState};
-use crate::regs::{GeneralRegisters, RseqConfiguration, SigInfo, SignalMask, XState};
+use crate::regs::{GeneralRegisters, RobustList, RseqConfiguration, SigInfo, SignalMask, XState};
 use crate::sys;
 use crate::syscall_state::SyscallState;
 
@@ -132,6 +132,16 @@ impl SeizedProcess {
         sys::get_rseq_configuration(tid)
             .map(RseqConfiguration::from)
             .map_err(self.ptrace_error(tid, "PTRACE_GET_RSEQ_CONFIGURATION"))
+    }
+
+    /// The thread's robust futex list (`get_robust_list(2)`, called from here: it needs
+    /// ptrace access to the thread, not a remote call). Setting it is a remote
+    /// `set_robust_list` in the thread.
+    pub fn robust_list(&self, tid: i32) -> Result<RobustList, ThreadError> {
+        self.check_stopped(tid)?;
+        sys::get_robust_list(tid)
+            .map(|(head, len)| RobustList { head, len })
+            .map_err(self.ptrace_error(tid, "get_robust_list"))
     }
 
     /// The siginfo of the thread's current stop (`PTRACE_GETSIGINFO`). For an interrupt

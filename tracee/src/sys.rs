@@ -196,3 +196,40 @@ pub(crate) fn kcmp_file(pid1: pid_t, fd1: i32, pid2: pid_t, fd2: i32) -> io::Res
     let ret = unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, idx1, idx2) };
     check(ret)
 }
+
+/// `get_robust_list(tid)`: the head address and length of the thread's robust futex list.
+/// Needs ptrace read access to the thread (being its tracer suffices).
+pub(crate) fn get_robust_list(tid: pid_t) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: the kernel writes one pointer-sized value through each of the two pointers,
+    // which point to a `u64` and a `usize` on our stack (both 8 bytes on x86_64), valid
+    // for writes for the duration of the call.
+    let ret = unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &raw mut head, &raw mut len) };
+    check(ret)?;
+    Ok((head, len as u64))
+}
+
+/// `prlimit(pid, resource, new, &old)`: reads (and, with `new`, sets) one resource limit of
+/// another process; returns the limit in force before the call as `(soft, hard)`.
+pub(crate) fn prlimit(
+    pid: pid_t,
+    resource: u32,
+    new: Option<(u64, u64)>,
+) -> io::Result<(u64, u64)> {
+    let new = new.map(|(soft, hard)| libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new_ptr = new.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: `new_ptr` is null or points to an `rlimit64` on our stack, which the kernel
+    // only reads; `old` is an `rlimit64` on our stack, valid for writes. Both outlive the
+    // call.
+    let ret = unsafe { libc::prlimit64(pid, resource, new_ptr, &raw mut old) };
+    check(c_long::from(ret))?;
+    Ok((old.rlim_cur, old.rlim_max))
+}

@@ -172,6 +172,21 @@ fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
             meta.join(", ")
         }
     );
+    if let Some(p) = &m.process {
+        let handlers = p.signal_actions.iter().filter(|a| a.handler > 1).count();
+        let in_syscall = p.threads.iter().filter(|t| t.syscall.is_some()).count();
+        println!(
+            "process    {} threads ({in_syscall} in a system call), {} fds, {handlers} signal handlers, brk {:#x}, cwd {}{}",
+            p.threads.len(),
+            p.fds.len(),
+            p.mm.brk,
+            p.cwd
+                .as_deref()
+                .map_or("-".into(), |c| c.display().to_string()),
+            p.job_stop_signal
+                .map_or(String::new(), |s| format!(", stopped by signal {s}")),
+        );
+    }
     println!(
         "memory     {} in {} regions: {} data, {} zero, {} in parent, {} from files",
         human(s.raw_bytes),

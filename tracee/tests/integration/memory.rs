@@ -108,3 +108,51 @@ fn reads_report_failed_pages_and_writes_reach_read_only_pages() {
     let hex: String = stamp.iter().map(|b| format!("{b:02x}")).collect();
     child.expect(&format!("page1 {hex}"));
 }
+
+#[test]
+fn forced_reads_reach_pages_without_read_permission() {
+    let mut child = Testee::spawn(&["memory"]);
+    let line = child.line();
+    let base =
+        u64::from_str_radix(line.strip_prefix("mem ").expect("mem ADDR"), 16).expect("hex address");
+    let pid = child.pid();
+    let mut process = SeizedProcess::seize(pid, SeizeOptions::default()).expect("seize");
+    // Make page 0 (0x11 bytes) PROT_NONE inside the child.
+    let ret = process
+        .remote_syscall(
+            pid,
+            libc::SYS_mprotect as u64,
+            [base, PAGE, libc::PROT_NONE as u64, 0, 0, 0],
+        )
+        .expect("remote mprotect");
+    assert_eq!(ret, 0);
+    let memory = process.memory();
+    let mut page = vec![0u8; PAGE as usize];
+    assert!(
+        matches!(memory.read(base, &mut page), Err(MemoryError::Read { .. })),
+        "process_vm_readv refuses PROT_NONE"
+    );
+    memory.read_forced(base, &mut page).expect("forced read");
+    assert!(page.iter().all(|&b| b == 0x11));
+    match memory.read_forced(base + 2 * PAGE, &mut page) {
+        Err(MemoryError::Read { addr, .. }) => assert_eq!(addr, base + 2 * PAGE),
+        other => panic!("expected a read error on the unmapped page, got {other:?}"),
+    }
+    process
+        .remote_syscall(
+            pid,
+            libc::SYS_mprotect as u64,
+            [
+                base,
+                PAGE,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .expect("remote mprotect back");
+    process.detach().expect("detach");
+    child.send("page1");
+    assert!(child.line().starts_with("page1 "));
+}

@@ -1,8 +1,8 @@
 //! Per-thread state: registers, xstate, signal mask, rseq, siginfo.
 
 use tracee::{
-    GeneralRegisters, RestartKind, SeizeOptions, SeizedProcess, SignalMask, SyscallState,
-    ThreadError, XState,
+    GeneralRegisters, LimitError, RLIMIT_COUNT, ResourceLimit, RestartKind, SeizeOptions,
+    SeizedProcess, SignalMask, SyscallState, ThreadError, XState,
 };
 
 use crate::common::{Testee, wait_blocked_in};
@@ -161,4 +161,51 @@ fn remote_calls_preserve_the_vector_state() {
     let p1: Vec<u8> = (0..32).map(|i| 0x50 + i).collect();
     child.send("x");
     child.expect(&format!("ymm {} {} 1", hex(&p0), hex(&p1)));
+}
+
+#[test]
+fn robust_list_and_resource_limits_are_read_from_outside() {
+    let mut child = Testee::spawn(&["read"]);
+    child.expect("ready");
+    let pid = child.pid();
+    wait_blocked_in(pid, libc::SYS_read);
+    let mut process = SeizedProcess::seize(pid, SeizeOptions::default()).expect("seize");
+
+    // glibc registers a robust list for every thread, the main one included.
+    let robust = process.robust_list(pid).expect("robust list");
+    assert_ne!(robust.head, 0);
+    assert_eq!(robust.len, 24, "sizeof(struct robust_list_head)");
+
+    // Limits match /proc/PID/limits' view through prlimit: NOFILE as an example.
+    let nofile = process
+        .resource_limit(libc::RLIMIT_NOFILE)
+        .expect("prlimit NOFILE");
+    assert!(nofile.soft <= nofile.hard && nofile.soft > 0);
+    for resource in 0..RLIMIT_COUNT {
+        process.resource_limit(resource).expect("every resource");
+    }
+    assert!(matches!(
+        process.resource_limit(RLIMIT_COUNT + 100),
+        Err(LimitError { .. })
+    ));
+    let lowered = ResourceLimit {
+        soft: nofile.soft / 2,
+        hard: nofile.hard,
+    };
+    process
+        .set_resource_limit(libc::RLIMIT_NOFILE, lowered)
+        .expect("set NOFILE");
+    assert_eq!(
+        process
+            .resource_limit(libc::RLIMIT_NOFILE)
+            .expect("read back"),
+        lowered
+    );
+    process
+        .set_resource_limit(libc::RLIMIT_NOFILE, nofile)
+        .expect("restore NOFILE");
+
+    process.detach().expect("detach");
+    child.send("x");
+    child.expect("read 2 x");
 }

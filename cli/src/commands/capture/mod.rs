@@ -1,11 +1,12 @@
 //! `lazarus capture`: write an image from a memory source.
 //!
-//! The source is chosen by one of a group of mutually exclusive flags; today
+//! The source is chosen by one of a group of mutually exclusive flags:
 //! `--from-file MEM` (a raw memory file such as a VMM's guest memory
-//! snapshot). A live-process source (`--pid`) joins the [`Source`] group in
-//! its own module; the image options below are shared by every source.
+//! snapshot) or `--pid PID` (a live process), each in its own module; the
+//! image options below are shared by every source.
 
 mod from_file;
+mod pid;
 
 use std::path::PathBuf;
 
@@ -44,7 +45,9 @@ pub(crate) struct CaptureArgs {
     /// With --from-file: import only these ranges of the file, as
     /// START:LEN (page aligned; K/M/G suffixes, 0x hex). Each becomes a
     /// region at address START. Default: the whole file as one region.
-    #[arg(long = "region", value_name = "START:LEN", value_parser = parse_range, requires = "from_file")]
+    // (`requires` alone is satisfied by an argument that conflicts with a present one,
+    // as the other source does: hence `conflicts_with` too.)
+    #[arg(long = "region", value_name = "START:LEN", value_parser = parse_range, requires = "from_file", conflicts_with = "pid")]
     regions: Vec<Range>,
 
     /// Store pages that equal this image's as references to it (an
@@ -55,6 +58,15 @@ pub(crate) struct CaptureArgs {
     /// fsync the image and its directory before reporting success.
     #[arg(long)]
     fsync: bool,
+
+    /// With --pid: kill the process once the image is safely written
+    /// (default: leave it running).
+    #[arg(long, requires = "pid", conflicts_with = "from_file")]
+    kill: bool,
+
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the memory comes from: exactly one of these.
@@ -65,6 +77,11 @@ struct Source {
     /// file are zero pages and are never read).
     #[arg(long, value_name = "MEM")]
     from_file: Option<PathBuf>,
+
+    /// Capture a live process: its memory, layout, threads, signal handlers,
+    /// file descriptors and limits. It is frozen while its memory is read.
+    #[arg(long, value_name = "PID")]
+    pid: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -77,11 +94,18 @@ enum CodecArg {
 
 pub(crate) fn run(args: &CaptureArgs) -> Result<()> {
     let opts = writer_options(args)?;
+    if let Some(pid) = args.source.pid {
+        return pid::run(pid, args, &opts);
+    }
     let summary = match &args.source.from_file {
         Some(mem) => from_file::capture(mem, args, opts)?,
         None => bail!("no capture source given"),
     };
-    print_summary(&summary);
+    if args.json {
+        println!("{}", summary_json(&summary));
+    } else {
+        print_summary(&summary);
+    }
     Ok(())
 }
 
@@ -107,15 +131,41 @@ fn writer_options(args: &CaptureArgs) -> Result<WriterOptions> {
 /// The one-line summary: raw, stored, ratio, time, throughput.
 fn print_summary(s: &WriteSummary) {
     let (secs, gbps) = rate(s.raw_bytes, s.elapsed);
-    let ratio = s.raw_bytes as f64 / s.file_len.max(1) as f64;
     println!(
-        "captured {} into {} ({}, ratio {ratio:.2}x) in {secs:.2} s, {gbps:.2} GB/s: {} chunks, {} deduplicated, {} zero, {} from parent",
+        "captured {} into {} ({}, ratio {:.2}x) in {secs:.2} s, {gbps:.2} GB/s: {} chunks, {} deduplicated, {} zero, {} from parent",
         human(s.raw_bytes),
         s.path.display(),
         human(s.file_len),
+        ratio(s),
         s.chunks,
         s.dedup_hits,
         human(s.zero_bytes),
         human(s.parent_bytes),
     );
+}
+
+/// Raw size over image size.
+fn ratio(s: &WriteSummary) -> f64 {
+    s.raw_bytes as f64 / s.file_len.max(1) as f64
+}
+
+/// The summary as JSON (sizes in bytes, times in seconds).
+fn summary_json(s: &WriteSummary) -> serde_json::Value {
+    let (secs, gbps) = rate(s.raw_bytes, s.elapsed);
+    serde_json::json!({
+        "path": s.path.to_string_lossy(),
+        "id": s.id.to_hex(),
+        "raw_bytes": s.raw_bytes,
+        "data_bytes": s.data_bytes,
+        "zero_bytes": s.zero_bytes,
+        "file_bytes": s.file_bytes,
+        "parent_bytes": s.parent_bytes,
+        "chunks": s.chunks,
+        "dedup_hits": s.dedup_hits,
+        "stored_bytes": s.stored_bytes,
+        "file_len": s.file_len,
+        "ratio": ratio(s),
+        "seconds": secs,
+        "gb_per_s": gbps,
+    })
 }
