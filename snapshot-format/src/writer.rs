@@ -279,6 +279,8 @@ pub struct ImageWriter {
     progress: Progress,
     stats: WriteSummary,
     started: Instant,
+    /// A worker's error has been returned to the caller.
+    worker_error_reported: bool,
 }
 
 // Capture may hand the writer to another thread.
@@ -366,6 +368,7 @@ impl ImageWriter {
             sink,
             progress: Progress::default(),
             started,
+            worker_error_reported: false,
         })
     }
 
@@ -707,12 +710,14 @@ impl ImageWriter {
     }
 
     /// Fails if an earlier error left the image incomplete: with the
-    /// worker's own error if it has not been reported yet, else `Poisoned`.
+    /// worker's own error if none has been reported yet, else `Poisoned`.
     fn check_usable(&mut self) -> Result<(), WriteError> {
         // Acquire: a worker sends its error before setting the flag
         // (Release), so the error is in the channel when the flag is seen.
         if self.out.failed.load(Ordering::Acquire) {
-            self.collect_results()?;
+            if !self.worker_error_reported {
+                self.collect_results()?;
+            }
             return Err(WriteError::Poisoned);
         }
         Ok(())
@@ -800,13 +805,21 @@ impl ImageWriter {
     }
 
     /// Moves finished chunk entries into the table; returns the first worker
-    /// error.
+    /// error. Several workers can fail at once (a full disk fails every
+    /// chunk in flight): only the first error is returned, and the calls
+    /// after it get `Poisoned` from [`check_usable`](Self::check_usable).
     fn collect_results(&mut self) -> Result<(), WriteError> {
         let Sink::Pool { results, .. } = &self.sink else {
             return Ok(());
         };
         while let Ok((id, r)) = results.try_recv() {
-            self.table[id as usize] = Some(r?);
+            match r {
+                Ok(entry) => self.table[id as usize] = Some(entry),
+                Err(e) => {
+                    self.worker_error_reported = true;
+                    return Err(e);
+                }
+            }
         }
         Ok(())
     }

@@ -28,7 +28,7 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 
 mod codec;
 mod read;
@@ -50,5 +50,10 @@ fn per_mib(iters: u64, bytes: u64, mut pass: impl FnMut()) -> Duration {
         .mul_f64(sample::MIB as f64 / bytes.max(1) as f64)
 }
 
-criterion_group!(benches, writer::writer, read::read, codec::codec);
+criterion_group! {
+    name = benches;
+    // Plots take about as long as a short benchmark: leave them out.
+    config = Criterion::default().without_plots();
+    targets = writer::writer, read::read, codec::codec
+}
 criterion_main!(benches);
