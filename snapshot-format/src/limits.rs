@@ -23,7 +23,11 @@ pub const MIN_CHUNK_SIZE: usize = 4 * 1024;
 pub const MAX_CHUNK_RAW_LEN: u32 = 4 * 1024 * 1024;
 
 /// The default chunk size: 64 KiB. It is a multiple of every supported page
-/// size. See the crate documentation for the measurements behind it.
+/// size. Measured on real memory (`cargo bench -p snapshot-format --bench
+/// format`): the ratio is within 1 % of what 2 MiB chunks give, capture
+/// throughput is flat from 64 KiB on, and a cold fault decodes 53 µs of
+/// chunk (98 µs at 128 KiB). See [the crate documentation](crate#defaults)
+/// for the figures.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 
 /// The largest stored (compressed) length a chunk may declare: a chunk that
