@@ -12,7 +12,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use snapshot_format::{Compression, DEFAULT_ZSTD_LEVEL, WriteSummary, WriterOptions};
+use snapshot_format::{
+    Compression, DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, WriteSummary, WriterOptions,
+};
 
 use crate::util::progress::rate;
 use crate::util::size::{Range, human, parse_range, parse_size};
@@ -27,7 +29,7 @@ pub(crate) struct CaptureArgs {
     output: PathBuf,
 
     /// Largest chunk: a multiple of the page size (4 KiB) up to 4 MiB.
-    #[arg(long, value_name = "SIZE", default_value = "64K", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value_t = DEFAULT_CHUNK_SIZE as u64, value_parser = parse_size)]
     chunk_size: u64,
 
     /// zstd compression level (negative is faster; 1..=22 stronger).
