@@ -1,0 +1,642 @@
+//! The server thread: the epoll loop, batch reading with event application,
+//! and fault service. See the parent module for the design.
+//!
+//! Everything the fault path uses is allocated before the loop starts or
+//! when a space is added: the epoll event array, each space's message buffer
+//! and fault queue (a `VecDeque` whose capacity is never exceeded: a fault
+//! that would not fit is woken instead, and its thread faults again), the
+//! filler's decoder and buffers, the latency histograms. The table a fault
+//! looks up is the server's own `Arc` (replaced only when it applies an
+//! event), so a fault takes no lock besides its chunk's cache shard. This is
+//! checked by reading the code path (`serve_queue` → `serve_fault` →
+//! `fill::*`, `ChunkCache::get`), which has no `Vec` growth, `Box`, `format!`
+//! or `String` outside error logging.
+
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustix::event::epoll;
+use snapshot_format::PageSource;
+
+use super::{Control, FaultPolicy, GoneReason, ServerEvent, Shared};
+use crate::cache::Use;
+use crate::fill::{self, Filler, Outcome};
+use crate::space::Space;
+use crate::state::PageState;
+use crate::stats::{Counters, LatencyWriter};
+use crate::table::{Segment, Table};
+use crate::uffd::{self, Event, MsgBuffer, Range, Userfaultfd, read_messages};
+
+/// Epoll token of the wake-up eventfd; a space's token is its id.
+const WAKE_TOKEN: u64 = 0;
+/// Epoll events handled per wait.
+const EPOLL_EVENTS: usize = 64;
+/// Faults a space may have queued (each blocked thread has at most one).
+const QUEUE_CAP: usize = 4096;
+/// After this many consecutive `EAGAIN` retries with nothing new read, the
+/// server stops spinning on a space and sleeps a little between reads (an
+/// event can take long to appear: fork copies the whole address space first).
+const AGAIN_SPINS: u32 = 64;
+
+/// A fault waiting to be served.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    addr: u64,
+    since: Instant,
+}
+
+/// The server thread's view of one space.
+struct Local {
+    space: Arc<Space>,
+    /// The current table (the server is its only writer).
+    table: Arc<Table>,
+    msgs: MsgBuffer,
+    queue: VecDeque<Pending>,
+    /// Read again even without epoll readiness (after `EAGAIN`, or a full
+    /// batch).
+    needs_read: bool,
+    /// Consecutive fruitless retries.
+    again: u32,
+}
+
+pub(super) struct Server {
+    shared: Arc<Shared>,
+    epoll: std::os::fd::OwnedFd,
+    spaces: Vec<Local>,
+    filler: Filler,
+    latency: LatencyWriter,
+    last_activity: Instant,
+    last_probe: Instant,
+}
+
+impl Server {
+    pub(super) fn new(shared: Arc<Shared>) -> std::io::Result<Self> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(
+            &epoll,
+            shared.wakeup.fd(),
+            epoll::EventData::new_u64(WAKE_TOKEN),
+            epoll::EventFlags::IN,
+        )?;
+        let counters = Arc::new(Counters::default());
+        shared
+            .counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&counters));
+        let filler = Filler::new(&shared.env.image, counters)?;
+        let latency = LatencyWriter::new(Arc::clone(&shared.latency));
+        let now = Instant::now();
+        Ok(Self {
+            shared,
+            epoll,
+            spaces: Vec::new(),
+            filler,
+            latency,
+
+            last_activity: now,
+            last_probe: now,
+        })
+    }
+
+    /// The thread body: serves until told to stop. If the loop panics, every
+    /// space is made to fail closed (see the parent module).
+    pub(super) fn run(mut self) {
+        let shared = Arc::clone(&self.shared);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        if result.is_err() {
+            log::error!("the fault server thread panicked; leaving the userfaultfds open");
+            shared.crashed.store(true, Ordering::Release);
+            for s in shared
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                s.fail_closed();
+            }
+        } else {
+            shared
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+        shared.set_stopped();
+    }
+
+    fn serve(&mut self) {
+        let mut ready = [epoll::Event {
+            flags: epoll::EventFlags::empty(),
+            data: epoll::EventData::new_u64(0),
+        }; EPOLL_EVENTS];
+        loop {
+            let timeout = self.timeout();
+            let n = match epoll::wait(&self.epoll, &mut ready, timeout.as_ref()) {
+                Ok(n) => n,
+                Err(rustix::io::Errno::INTR) => 0,
+                Err(e) => {
+                    log::error!("epoll_wait: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                    0
+                }
+            };
+            let mut woken = false;
+            for ev in &ready[..n] {
+                let (token, flags) = (ev.data.u64(), { ev.flags });
+                if token == WAKE_TOKEN {
+                    woken = true;
+                } else if let Some(l) = self.spaces.iter_mut().find(|l| l.space.id.0 == token) {
+                    if flags.intersects(epoll::EventFlags::ERR | epoll::EventFlags::HUP) {
+                        log::error!("{}: userfaultfd reports {flags:?}", l.space.id);
+                        l.space.set_gone();
+                    } else {
+                        l.needs_read = true;
+                    }
+                }
+            }
+            if woken {
+                self.shared.wakeup.clear();
+                if !self.control() {
+                    return;
+                }
+            }
+            for i in 0..self.spaces.len() {
+                if self.spaces[i].needs_read {
+                    self.read_batch(i);
+                }
+            }
+            let mut busy = false;
+            for i in 0..self.spaces.len() {
+                self.serve_queue(i);
+                busy |= !self.spaces[i].queue.is_empty();
+            }
+            self.shared.busy.store(busy, Ordering::Relaxed);
+            if self.last_probe.elapsed() >= self.shared.opts.liveness_interval {
+                self.last_probe = Instant::now();
+                for l in &self.spaces {
+                    if !l.space.is_gone() && !l.space.probe_alive() {
+                        l.space.set_gone();
+                    }
+                }
+            }
+            let gone = self.reap(woken);
+            if woken || gone {
+                self.shared.update_population();
+            }
+        }
+    }
+
+    /// How long the next `epoll_wait` may block.
+    fn timeout(&self) -> Option<rustix::time::Timespec> {
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let retrying = self.spaces.iter().any(|l| l.needs_read || !l.queue.is_empty());
+        if retrying {
+            let sleepy = self.spaces.iter().all(|l| l.again >= AGAIN_SPINS || !l.needs_read);
+            return Some(if sleepy {
+                rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000,
+                }
+            } else {
+                zero
+            });
+        }
+        if self.last_activity.elapsed() < self.shared.opts.spin {
+            return Some(zero);
+        }
+        let t = self.shared.opts.liveness_interval;
+        Some(rustix::time::Timespec {
+            tv_sec: t.as_secs() as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        })
+    }
+
+    /// Handles the control queue; false when told to stop.
+    fn control(&mut self) -> bool {
+        while let Ok(msg) = self.shared.control_rx.try_recv() {
+            match msg {
+                Control::Add(space) => self.add(space),
+                Control::Remove { id, unregister } => {
+                    if let Some(l) = self.spaces.iter().find(|l| l.space.id == id) {
+                        if unregister {
+                            unregister_all(&l.space, &l.table);
+                        }
+                        l.space.set_gone();
+                        self.drop_space(id, GoneReason::Removed);
+                    }
+                }
+                Control::Stop => return false,
+            }
+        }
+        true
+    }
+
+    /// Starts serving a space (already in the registry).
+    fn add(&mut self, space: Arc<Space>) {
+        let token = epoll::EventData::new_u64(space.id.0);
+        if let Err(e) = epoll::add(&self.epoll, space.fd(), token, epoll::EventFlags::IN) {
+            log::error!("{}: cannot poll its userfaultfd: {e}", space.id);
+            space.set_gone();
+            self.forget(&space, GoneReason::Error);
+            return;
+        }
+        let table = space.table();
+        self.spaces.push(Local {
+            table,
+            msgs: MsgBuffer::new(self.shared.opts.batch),
+            queue: VecDeque::with_capacity(QUEUE_CAP),
+            // Faults may have queued before the fd was polled.
+            needs_read: true,
+            again: 0,
+            space: Arc::clone(&space),
+        });
+        self.shared.prefetcher.add_pass(space, false);
+    }
+
+    /// Removes spaces whose target is gone; true if any.
+    fn reap(&mut self, force_check: bool) -> bool {
+        if !force_check && !self.spaces.iter().any(|l| l.space.is_gone()) {
+            return false;
+        }
+        let gone: Vec<_> = self
+            .spaces
+            .iter()
+            .filter(|l| l.space.is_gone())
+            .map(|l| l.space.id)
+            .collect();
+        for id in &gone {
+            self.drop_space(*id, GoneReason::Exited);
+        }
+        !gone.is_empty()
+    }
+
+    fn drop_space(&mut self, id: crate::SpaceId, reason: GoneReason) {
+        if let Some(i) = self.spaces.iter().position(|l| l.space.id == id) {
+            let l = self.spaces.swap_remove(i);
+            let _ = epoll::delete(&self.epoll, l.space.fd());
+            self.forget(&l.space, reason);
+        }
+    }
+
+    fn forget(&self, space: &Arc<Space>, reason: GoneReason) {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|s| !Arc::ptr_eq(s, space));
+        self.shared.gone.fetch_add(1, Ordering::Relaxed);
+        let _ = self.shared.events_tx.send(ServerEvent::Gone {
+            space: space.id,
+            reason,
+        });
+        log::debug!("{}: gone ({reason:?})", space.id);
+    }
+
+    /// Reads one batch from space `i` with its gate closed: queues the
+    /// faults, applies the events in order.
+    fn read_batch(&mut self, i: usize) {
+        let counters = Arc::clone(&self.filler.counters);
+        let mut children = Vec::new();
+        let l = &mut self.spaces[i];
+        l.needs_read = false;
+        let space = Arc::clone(&l.space);
+        let n = {
+            let _closed = space.gate.close();
+            let n = match read_messages(space.uffd(), &mut l.msgs) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::error!("{}: reading its userfaultfd: {e}", space.id);
+                    space.set_gone();
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let mut table_changed = false;
+            for msg in l.msgs.drain() {
+                match msg {
+                    Ok(Event::PageFault(pf)) => {
+                        counters.faults.inc();
+                        if l.queue.len() < QUEUE_CAP {
+                            l.queue.push_back(Pending {
+                                addr: pf.address,
+                                since: now,
+                            });
+                        } else {
+                            // No room (more blocked threads than QUEUE_CAP):
+                            // wake it; its thread faults again later.
+                            counters.wake_ioctls.inc();
+                            let page = rustix::param::page_size() as u64;
+                            let _ = uffd::wake(space.fd(), Range::new(pf.address & !(page - 1), page));
+                        }
+                    }
+                    Ok(Event::Remove { start, end }) => {
+                        counters.events_remove.inc();
+                        space.apply_remove(start, end);
+                    }
+                    Ok(Event::Unmap { start, end }) => {
+                        counters.events_unmap.inc();
+                        space.apply_unmap(start, end);
+                        table_changed = true;
+                    }
+                    Ok(Event::Remap { from, to, len }) => {
+                        counters.events_remap.inc();
+                        space.apply_remap(from, to, len);
+                        table_changed = true;
+                    }
+                    Ok(Event::Fork { uffd: child }) => {
+                        counters.events_fork.inc();
+                        let uffd = Userfaultfd::from_fork(child, space.uffd());
+                        let id = self.shared.new_id();
+                        children.push(Arc::new(space.fork(id, uffd)));
+                    }
+                    Err(e) => {
+                        counters.events_other.inc();
+                        log::warn!("{}: {e}", space.id);
+                    }
+                }
+            }
+            if table_changed {
+                l.table = space.table();
+            }
+            n
+        };
+        if n > 0 {
+            self.last_activity = Instant::now();
+            l.again = 0;
+        }
+        if n == l.msgs.capacity() {
+            l.needs_read = true;
+        }
+        for child in children {
+            if self.shared.prefetcher.enabled() {
+                child.prefetch_done.store(false, Ordering::Release);
+            }
+            self.shared
+                .registry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Arc::clone(&child));
+            let _ = self.shared.events_tx.send(ServerEvent::Forked {
+                parent: space.id,
+                child: child.id,
+            });
+            self.add(child);
+            self.shared.update_population();
+        }
+    }
+
+    /// Serves the queued faults of space `i` until it is empty, or an event
+    /// must be read first.
+    fn serve_queue(&mut self, i: usize) {
+        while let Some(p) = self.spaces[i].queue.front().copied() {
+            let space = Arc::clone(&self.spaces[i].space);
+            if space.is_gone() {
+                self.spaces[i].queue.clear();
+                return;
+            }
+            let table = Arc::clone(&self.spaces[i].table);
+            let outcome = self.serve_fault(&space, &table, p.addr);
+            let l = &mut self.spaces[i];
+            match outcome {
+                Outcome::Done => {
+                    l.queue.pop_front();
+                    let ns = u64::try_from(p.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    self.latency.record(ns);
+                }
+                Outcome::Failed => {
+                    l.queue.pop_front();
+                    self.filler.counters.fault_unserved.inc();
+                }
+                Outcome::Again => {
+                    l.needs_read = true;
+                    l.again = l.again.saturating_add(1);
+                    return;
+                }
+                Outcome::NoEntry => {
+                    // Unmapped under us (an UNMAP is pending): wake the
+                    // thread, which finds the new layout.
+                    l.queue.pop_front();
+                    l.needs_read = true;
+                    self.filler.counters.wake_ioctls.inc();
+                    let page = rustix::param::page_size() as u64;
+                    let _ = uffd::wake(space.fd(), Range::new(p.addr & !(page - 1), page));
+                }
+                Outcome::Gone => {
+                    l.queue.clear();
+                    return;
+                }
+            }
+            self.last_activity = Instant::now();
+        }
+    }
+
+    /// Serves one fault at `addr`.
+    fn serve_fault(&mut self, space: &Space, table: &Table, addr: u64) -> Outcome {
+        let env = Arc::clone(&self.shared.env);
+        let Some(seg) = table.find(addr) else {
+            self.filler.counters.fault_stray.inc();
+            return stray(&env, space, addr, &self.filler.counters);
+        };
+        let u = seg.unit_at(addr);
+        match seg.state(u) {
+            PageState::Snapshot => self.snapshot(space, table, seg, u),
+            PageState::Zero => {
+                self.filler.counters.fault_zero.inc();
+                let (a, b) = self.zero_window(seg, u);
+                fill::zero_units(&env, space, seg, a, b, true, &self.filler.counters)
+            }
+            PageState::Served => {
+                self.filler.counters.fault_present.inc();
+                present(&env, space, seg, u, &self.filler.counters)
+            }
+            PageState::Poisoned => {
+                self.filler.counters.fault_poison.inc();
+                repoison(space, seg, u, &self.filler.counters)
+            }
+        }
+    }
+
+    /// The zero units to map for a zero fault at `u`: just `u`, or (chunk
+    /// policy, base pages) the chunk-sized window of the image around it.
+    fn zero_window(&self, seg: &Segment, u: usize) -> (usize, usize) {
+        let env = &self.shared.env;
+        if self.shared.opts.fault_policy == FaultPolicy::Page || !env.direct(seg) {
+            return (u, u + 1);
+        }
+        let window = u64::from(env.image.top().chunk_size()).max(seg.unit);
+        let img = seg.image_of(u);
+        let lo = (img / window * window).max(seg.image);
+        let hi = (img / window * window + window).min(seg.image_end());
+        (seg.unit_of_image(lo), seg.unit_of_image(hi - 1) + 1)
+    }
+
+    /// A fault on a `Snapshot` unit: copy it from its chunk (poison it if the
+    /// chunk is corrupt); with the chunk policy, then the rest of the run.
+    fn snapshot(&mut self, space: &Space, table: &Table, seg: &Segment, u: usize) -> Outcome {
+        let env = Arc::clone(&self.shared.env);
+        let policy = self.shared.opts.fault_policy;
+        let recorder = self.shared.recorder.as_ref();
+        let Filler {
+            scratch,
+            staging,
+            counters,
+        } = &mut self.filler;
+        let img = seg.image_of(u);
+        if !env.direct(seg) {
+            let unit = seg.unit as usize;
+            let out = &mut staging[..unit];
+            let assembled = fill::assemble(&env, scratch, img, out, Use::Fault, counters, |c| {
+                if let Some(r) = recorder {
+                    r.record(c);
+                }
+            });
+            counters.fault_copy.inc();
+            return match assembled {
+                Ok(()) => fill::copy_units(space, seg, u, u + 1, out, true, false, counters),
+                Err(_) => {
+                    counters.fault_poison.inc();
+                    fill::poison_units(space, seg, u, u + 1, true, counters)
+                }
+            };
+        }
+        let loc = env.image.locate(img);
+        let Some((chunk, offset, extent)) = loc.and_then(|l| match l.source {
+            PageSource::Chunk { chunk, offset } => Some((chunk, offset, l.extent)),
+            _ => None,
+        }) else {
+            // States say image data but the image says otherwise: cannot
+            // happen (states are computed from the image); never guess.
+            log::error!("{}: unit at {:#x} has no chunk in the image", space.id, seg.host_of(u));
+            return Outcome::Failed;
+        };
+        if let Some(r) = recorder {
+            r.record(chunk);
+        }
+        let bytes = match env.cache.get(chunk, scratch, Use::Fault, counters) {
+            Ok(b) => b,
+            Err(_) => {
+                counters.fault_poison.inc();
+                return fill::poison_units(space, seg, u, u + 1, true, counters);
+            }
+        };
+        counters.fault_copy.inc();
+        let unit = seg.unit as usize;
+        let off = offset as usize;
+        let first = fill::copy_units(space, seg, u, u + 1, &bytes[off..off + unit], true, false, counters);
+        if first != Outcome::Done || policy == FaultPolicy::Page {
+            return first;
+        }
+        // The rest of this chunk's run (the extent holding the fault), in
+        // whatever segments map it now, without waking.
+        let ext = env.image.extents()[extent];
+        let ext_off = u64::from(offset) - (img - ext.start);
+        for (s, a, b) in table.image_pieces(ext.start, ext.end()) {
+            if !env.direct(s) {
+                continue;
+            }
+            let (k0, k1) = (s.unit_of_image(a), s.unit_of_image(b - 1) + 1);
+            let from = (ext_off + (a - ext.start)) as usize;
+            let src = &bytes[from..from + (b - a) as usize];
+            if fill::copy_units(space, s, k0, k1, src, false, false, counters) != Outcome::Done {
+                break;
+            }
+        }
+        Outcome::Done
+    }
+}
+
+/// A fault outside every mapping: serve a zero page (stack growth, a grown
+/// mremap tail, the empty old range of `MREMAP_DONTUNMAP`).
+fn stray(env: &fill::Env, space: &Space, addr: u64, counters: &Counters) -> Outcome {
+    let page = rustix::param::page_size() as u64;
+    let at = addr & !(page - 1);
+    match fill::fill_zero(env, space, at, page, page, true, counters) {
+        Ok(_) => Outcome::Done,
+        Err(uffd::FillError::Exists) => {
+            counters.wake_ioctls.inc();
+            let _ = uffd::wake(space.fd(), Range::new(at, page));
+            Outcome::Done
+        }
+        Err(uffd::FillError::Again { .. }) => Outcome::Again,
+        Err(uffd::FillError::NoEntry) => Outcome::NoEntry,
+        Err(uffd::FillError::TargetGone) => {
+            space.set_gone();
+            Outcome::Gone
+        }
+        Err(e) => {
+            log::warn!("{}: stray fault at {addr:#x}: zero page failed: {e}", space.id);
+            Outcome::Failed
+        }
+    }
+}
+
+/// A fault on a unit already served: either a fill raced the fault message
+/// (the page is there: wake), or the page was dropped without a REMOVE event
+/// (`MADV_FREE` reclaim, or a userfaultfd without `EVENT_REMOVE`): anonymous
+/// memory then reads as zeros.
+fn present(env: &fill::Env, space: &Space, seg: &Segment, u: usize, counters: &Counters) -> Outcome {
+    match fill::fill_zero(env, space, seg.host_of(u), seg.unit, seg.unit, true, counters) {
+        Ok(_) => Outcome::Done,
+        Err(uffd::FillError::Exists) => {
+            counters.eexist.inc();
+            counters.wake_ioctls.inc();
+            let _ = uffd::wake(space.fd(), Range::new(seg.host_of(u), seg.unit));
+            Outcome::Done
+        }
+        Err(uffd::FillError::Again { .. }) => Outcome::Again,
+        Err(uffd::FillError::NoEntry) => Outcome::NoEntry,
+        Err(uffd::FillError::TargetGone) => {
+            space.set_gone();
+            Outcome::Gone
+        }
+        Err(e) => {
+            log::warn!("{}: refill at {:#x}: {e}", space.id, seg.host_of(u));
+            Outcome::Failed
+        }
+    }
+}
+
+/// A fault on a poisoned unit whose marker is gone: poison it again (never
+/// zeros, never bytes).
+fn repoison(space: &Space, seg: &Segment, u: usize, counters: &Counters) -> Outcome {
+    if !space.features().contains(uffd::Features::POISON) {
+        return Outcome::Failed;
+    }
+    counters.poison_ioctls.inc();
+    let range = Range::new(seg.host_of(u), seg.unit);
+    match uffd::poison(space.fd(), range, uffd::PoisonMode::empty()) {
+        Ok(_) => Outcome::Done,
+        Err(uffd::FillError::Exists) => {
+            counters.wake_ioctls.inc();
+            let _ = uffd::wake(space.fd(), range);
+            Outcome::Done
+        }
+        Err(uffd::FillError::Again { .. }) => Outcome::Again,
+        Err(uffd::FillError::NoEntry) => Outcome::NoEntry,
+        Err(uffd::FillError::TargetGone) => {
+            space.set_gone();
+            Outcome::Gone
+        }
+        Err(e) => {
+            log::warn!("{}: poison at {:#x}: {e}", space.id, seg.host_of(u));
+            Outcome::Failed
+        }
+    }
+}
+
+/// Unregisters every range the table tracks (best effort: ranges the target
+/// has since unmapped are skipped by the kernel).
+fn unregister_all(space: &Space, table: &Table) {
+    for s in table.segments() {
+        if let Err(e) = uffd::unregister(space.uffd().as_fd(), Range::new(s.host, s.len)) {
+            log::debug!("{}: unregister {:#x}+{:#x}: {e}", space.id, s.host, s.len);
+        }
+    }
+}
