@@ -23,17 +23,21 @@
 //! - **Faults first**: a worker backs off while the server wants the gate
 //!   and yields its CPU between tasks while the server has faults queued;
 //!   the server never waits for a worker's decompression.
-//! - **Ending**: the feeder exits when no pass is left, which closes the
-//!   task channel and ends the workers; a space that goes away (its target
-//!   exited: `ESRCH`) has its remaining tasks skipped; `stop()` ends
-//!   everything at the next task. A later pass (a fork) starts a new run.
+//! - **Ending**: when no pass is left the feeder closes the task channel,
+//!   which ends the workers (everything is served); a space that goes away
+//!   (its target exited: `ESRCH`) has its remaining tasks skipped; `stop()`
+//!   ends everything at the next task. A later pass (a fork, or
+//!   `FaultServer::populate`) starts new workers. The feeder itself lives as
+//!   long as the pool, idle; passes reach it through a preallocated channel,
+//!   so the server thread can start one without allocating.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use snapshot_format::{ChunkId, Image, PageSource};
 
 use crate::cache::Use;
@@ -126,29 +130,47 @@ pub(crate) struct PoolShared {
     pub(crate) busy: Arc<AtomicBool>,
     /// Every worker's counters are registered here.
     pub(crate) counters: Arc<Mutex<Vec<Arc<Counters>>>>,
+    /// Whether workers are running.
+    pub(crate) running: AtomicBool,
 }
 
-#[derive(Debug, Default)]
-struct RunState {
-    /// The run in progress: where to send new passes.
-    passes: Option<Sender<Arc<Pass>>>,
-    /// Threads of every run started, joined on stop (or when finished).
-    threads: Vec<JoinHandle<()>>,
+/// A message to the feeder.
+#[derive(Debug)]
+enum Feed {
+    /// Prefetch this space; `force`: even with a pool of zero workers (one
+    /// is started).
+    Pass { space: Arc<Space>, force: bool },
+    /// End.
+    Stop,
 }
 
-/// The pool controller (see the module docs).
+/// Requests the feeder can have queued (a preallocated channel: sending
+/// never allocates, see `server/run.rs` on why the server thread must not).
+const FEED_CAPACITY: usize = 1024;
+
+/// The pool controller (see the module docs). The feeder thread lives as
+/// long as the pool; worker threads only while there is work.
 #[derive(Debug)]
 pub(crate) struct Prefetcher {
     shared: Arc<PoolShared>,
-    state: Arc<Mutex<RunState>>,
+    feed: Sender<Feed>,
+    feeder: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Prefetcher {
-    pub(crate) fn new(shared: PoolShared) -> Self {
-        Self {
-            shared: Arc::new(shared),
-            state: Arc::default(),
-        }
+    /// Starts the feeder thread.
+    pub(crate) fn start(shared: PoolShared) -> std::io::Result<Self> {
+        let shared = Arc::new(shared);
+        let (feed, rx) = crossbeam_channel::bounded(FEED_CAPACITY);
+        let s = Arc::clone(&shared);
+        let feeder = std::thread::Builder::new()
+            .name("lazarus-prefetch".into())
+            .spawn(move || feeder(&s, &rx))?;
+        Ok(Self {
+            shared,
+            feed,
+            feeder: Mutex::new(Some(feeder)),
+        })
     }
 
     /// Whether prefetching is enabled at all.
@@ -168,131 +190,156 @@ impl Prefetcher {
             .collect()
     }
 
-    /// Whether a run is in progress.
+    /// Whether workers are running.
     pub(crate) fn running(&self) -> bool {
-        self.lock().passes.is_some()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.running.load(Ordering::Acquire)
     }
 
     /// Starts prefetching `space` (the caller set its `prefetch_done` to
     /// false). `force`: even if the pool is disabled (with one worker).
+    /// Never allocates.
     pub(crate) fn add_pass(&self, space: Arc<Space>, force: bool) {
         if !(self.enabled() || force) || self.shared.stop.load(Ordering::Acquire) {
             space.set_prefetch_done(true);
             return;
         }
-        let pass = Arc::new(Pass {
-            space,
-            left: AtomicUsize::new(self.shared.plan.len()),
-        });
-        let mut state = self.lock();
-        if let Some(tx) = &state.passes {
-            // The feeder decides to exit only while holding this lock, after
-            // seeing its pass channel empty: a pass sent now is always taken.
-            if tx.send(Arc::clone(&pass)).is_ok() {
-                return;
+        if let Err(e) = self.feed.send(Feed::Pass { space, force }) {
+            if let Feed::Pass { space, .. } = e.into_inner() {
+                space.set_prefetch_done(true);
             }
         }
-        // Join the threads of finished runs before starting a new one.
-        state.threads.retain(|t| !t.is_finished());
-        let (pass_tx, pass_rx) = crossbeam_channel::unbounded();
-        pass_tx.send(pass).expect("receiver alive");
-        let workers = self.shared.workers.max(1);
-        let (task_tx, task_rx) = crossbeam_channel::bounded(workers * QUEUE_PER_WORKER);
-        let mut threads = Vec::with_capacity(workers + 1);
-        for i in 0..workers {
-            let shared = Arc::clone(&self.shared);
-            let rx = task_rx.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("lazarus-prefetch-{i}"))
-                .spawn(move || worker(&shared, &rx));
-            match spawned {
-                Ok(t) => threads.push(t),
-                Err(e) => log::error!("cannot start prefetch worker {i}: {e}"),
-            }
-        }
-        let shared = Arc::clone(&self.shared);
-        let run_state = Arc::clone(&self.state);
-        let spawned = std::thread::Builder::new()
-            .name("lazarus-prefetch-feed".into())
-            .spawn(move || feeder(&shared, &run_state, &pass_rx, &task_tx));
-        match spawned {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                log::error!("cannot start the prefetch feeder: {e}");
-                return;
-            }
-        }
-        state.passes = Some(pass_tx);
-        state.threads.extend(threads);
     }
 
-    /// Stops every run at its next task and joins all threads.
+    /// Stops every worker at its next task and joins all threads.
     pub(crate) fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
-        let threads = {
-            let mut state = self.lock();
-            state.passes = None;
-            std::mem::take(&mut state.threads)
-        };
-        for t in threads {
-            if t.join().is_err() {
-                log::error!("a prefetch thread panicked");
-            }
+        let _ = self.feed.send(Feed::Stop);
+        let feeder = self
+            .feeder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(t) = feeder
+            && t.join().is_err()
+        {
+            log::error!("the prefetch feeder panicked");
         }
     }
 }
 
-/// Feeds the tasks of each pass, in plan order, until no pass is left.
-fn feeder(
-    shared: &PoolShared,
-    state: &Mutex<RunState>,
-    passes: &Receiver<Arc<Pass>>,
-    tasks: &Sender<Task>,
-) {
-    loop {
-        let pass = match passes.try_recv() {
-            Ok(p) => p,
-            Err(_) => {
-                let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
-                match passes.try_recv() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        st.passes = None;
-                        return;
-                    }
-                }
-            }
-        };
-        for item in 0..shared.plan.len() {
-            if shared.stop.load(Ordering::Acquire) {
-                return;
-            }
-            if pass.space.is_gone() {
-                pass.finish(shared.plan.len() - item);
-                break;
-            }
-            let mut task = Task {
-                pass: Arc::clone(&pass),
-                item,
-            };
-            loop {
-                match tasks.try_send(task) {
-                    Ok(()) => break,
-                    Err(TrySendError::Full(t)) => {
-                        if shared.stop.load(Ordering::Acquire) {
-                            return;
-                        }
-                        task = t;
-                        std::thread::sleep(Duration::from_micros(50));
-                    }
-                    Err(TrySendError::Disconnected(_)) => return,
-                }
+/// Worker threads of a run and their task channel.
+struct Run {
+    tasks: Sender<Task>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Run {
+    fn start(shared: &Arc<PoolShared>, workers: usize) -> Self {
+        let (tasks, rx) = crossbeam_channel::bounded(workers * QUEUE_PER_WORKER);
+        let mut threads = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (shared, rx) = (Arc::clone(shared), rx.clone());
+            match std::thread::Builder::new()
+                .name(format!("lazarus-prefetch-{i}"))
+                .spawn(move || worker(&shared, &rx))
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => log::error!("cannot start prefetch worker {i}: {e}"),
             }
         }
+        shared.running.store(true, Ordering::Release);
+        Self { tasks, threads }
+    }
+
+    /// Closes the task channel and joins the workers.
+    fn end(self, shared: &PoolShared) {
+        drop(self.tasks);
+        for t in self.threads {
+            if t.join().is_err() {
+                log::error!("a prefetch worker panicked");
+            }
+        }
+        shared.running.store(false, Ordering::Release);
+    }
+}
+
+/// The feeder: queues passes, starts workers when there is work, feeds them
+/// each pass's tasks in plan order, and ends them when everything is done.
+fn feeder(shared: &Arc<PoolShared>, feed: &Receiver<Feed>) {
+    let mut passes: VecDeque<Arc<Pass>> = VecDeque::new();
+    let mut forced = false;
+    let mut run: Option<Run> = None;
+    let mut next = 0usize;
+    let take = |msg: Feed, passes: &mut VecDeque<Arc<Pass>>, forced: &mut bool| -> bool {
+        match msg {
+            Feed::Pass { space, force } => {
+                *forced |= force;
+                passes.push_back(Arc::new(Pass {
+                    space,
+                    left: AtomicUsize::new(shared.plan.len()),
+                }));
+                true
+            }
+            Feed::Stop => false,
+        }
+    };
+    'feed: loop {
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        if passes.is_empty() {
+            // Everything served: the workers end.
+            if let Some(r) = run.take() {
+                r.end(shared);
+            }
+            forced = false;
+            match feed.recv() {
+                Ok(msg) => {
+                    if !take(msg, &mut passes, &mut forced) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        while let Ok(msg) = feed.try_recv() {
+            if !take(msg, &mut passes, &mut forced) {
+                break 'feed;
+            }
+        }
+        let r = run.get_or_insert_with(|| {
+            let n = if forced { shared.workers.max(1) } else { shared.workers };
+            Run::start(shared, n)
+        });
+        let Some(pass) = passes.front().cloned() else {
+            continue;
+        };
+        if pass.space.is_gone() {
+            pass.finish(shared.plan.len() - next);
+            passes.pop_front();
+            next = 0;
+            continue;
+        }
+        match r.tasks.send_timeout(
+            Task {
+                pass: Arc::clone(&pass),
+                item: next,
+            },
+            Duration::from_millis(10),
+        ) {
+            Ok(()) => {
+                next += 1;
+                if next == shared.plan.len() {
+                    passes.pop_front();
+                    next = 0;
+                }
+            }
+            Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {}
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => break,
+        }
+    }
+    if let Some(r) = run.take() {
+        r.end(shared);
     }
 }
 
@@ -314,7 +361,6 @@ fn worker(shared: &PoolShared, tasks: &Receiver<Task>) {
     let mut w = Worker {
         shared,
         filler: &mut filler,
-        huge_units: Vec::new(),
     };
     while let Ok(task) = tasks.recv() {
         if shared.stop.load(Ordering::Acquire) {
@@ -338,8 +384,6 @@ fn worker(shared: &PoolShared, tasks: &Receiver<Task>) {
 struct Worker<'a> {
     shared: &'a PoolShared,
     filler: &'a mut Filler,
-    /// Image addresses of huge units to fill (reused).
-    huge_units: Vec<u64>,
 }
 
 impl Worker<'_> {
@@ -414,40 +458,53 @@ impl Worker<'_> {
         self.huge(space, c);
     }
 
-    /// Fills the huge units touched by chunk `c`'s uses.
+    /// Fills the huge units touched by chunk `c`'s uses, a few at a time
+    /// (gathered inside the gate into a fixed array: nothing is allocated
+    /// inside the gate, see `server/run.rs`).
     fn huge(&mut self, space: &Space, c: ChunkId) {
+        const BATCH: usize = 8;
         let env = Arc::clone(&self.shared.env);
-        self.huge_units.clear();
-        {
-            let Some(_inside) = space.gate.enter(|| self.cancelled(space)) else {
-                return;
-            };
-            let table = space.table();
-            for u in env.image.chunk_uses(c) {
-                for (s, a, b) in table.image_pieces(u.addr, u.addr + u.len) {
-                    if env.direct(s) {
-                        continue;
-                    }
-                    for k in s.unit_of_image(a)..=s.unit_of_image(b - 1) {
-                        if s.state(k) == PageState::Snapshot {
-                            self.huge_units.push(s.image_of(k));
+        for u in env.image.chunk_uses(c) {
+            let end = u.addr + u.len;
+            let mut from = u.addr;
+            while from < end {
+                let mut batch = [0u64; BATCH];
+                let mut n = 0;
+                let mut next = end;
+                {
+                    let Some(_inside) = space.gate.enter(|| self.cancelled(space)) else {
+                        return;
+                    };
+                    let table = space.table();
+                    'gather: for (s, a, b) in table.image_pieces(from, end) {
+                        if env.direct(s) {
+                            continue;
+                        }
+                        for k in s.unit_of_image(a)..=s.unit_of_image(b - 1) {
+                            if n == BATCH {
+                                next = s.image_of(k).max(from + 1);
+                                break 'gather;
+                            }
+                            if s.state(k) == PageState::Snapshot {
+                                batch[n] = s.image_of(k);
+                                n += 1;
+                            }
                         }
                     }
                 }
-            }
-        }
-        self.huge_units.dedup();
-        for i in 0..self.huge_units.len() {
-            let img = self.huge_units[i];
-            loop {
-                match self.huge_unit(&env, space, img) {
-                    Outcome::Again => self.after_again(),
-                    Outcome::Gone => return,
-                    _ => break,
+                for &img in &batch[..n] {
+                    loop {
+                        match self.huge_unit(&env, space, img) {
+                            Outcome::Again => self.after_again(),
+                            Outcome::Gone => return,
+                            _ => break,
+                        }
+                        if self.cancelled(space) {
+                            return;
+                        }
+                    }
                 }
-                if self.cancelled(space) {
-                    return;
-                }
+                from = next;
             }
         }
     }

@@ -188,16 +188,55 @@ pub enum AddSpaceError {
 }
 
 pub(crate) enum Control {
-    Add(Arc<Space>),
+    Add(run::Local),
     Remove { id: SpaceId, unregister: bool },
     Stop,
 }
+
+/// Control messages that can be queued (preallocated channel).
+const CONTROL_CAPACITY: usize = 1024;
+/// Server events that can be queued for readers; further events are dropped
+/// (counted) until readers catch up. A preallocated channel: the server
+/// thread must not allocate (see `run.rs`).
+pub const EVENTS_CAPACITY: usize = 4096;
 
 #[derive(Debug, Default)]
 pub(crate) struct PopState {
     populated: bool,
     first_populated: Option<Duration>,
     stopped: bool,
+}
+
+/// The spaces, for readers outside the server thread: a copy-on-write list,
+/// so that no lock is ever held while allocating (see `run.rs`).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    spaces: Mutex<Arc<Vec<Arc<Space>>>>,
+}
+
+impl Registry {
+    /// The current list.
+    pub(crate) fn snapshot(&self) -> Arc<Vec<Arc<Space>>> {
+        Arc::clone(&self.spaces.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the list by `f(list)`, allocating and freeing outside the
+    /// lock.
+    pub(crate) fn update(&self, f: impl Fn(&mut Vec<Arc<Space>>)) {
+        loop {
+            let current = self.snapshot();
+            let mut next = (*current).clone();
+            f(&mut next);
+            let next = Arc::new(next);
+            let mut guard = self.spaces.lock().unwrap_or_else(PoisonError::into_inner);
+            if Arc::ptr_eq(&guard, &current) {
+                let old = std::mem::replace(&mut *guard, next);
+                drop(guard);
+                drop(old);
+                return;
+            }
+        }
+    }
 }
 
 /// What the server thread and the handle share.
@@ -207,13 +246,16 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) wakeup: Arc<Wakeup>,
     pub(crate) control_rx: Receiver<Control>,
-    pub(crate) registry: Mutex<Vec<Arc<Space>>>,
+    pub(crate) registry: Registry,
+    /// Spaces sent to the server thread and not yet picked up by it.
+    pub(crate) pending_adds: AtomicU64,
     pub(crate) population: Mutex<PopState>,
     pub(crate) population_cv: Condvar,
     pub(crate) counters: Arc<Mutex<Vec<Arc<Counters>>>>,
     pub(crate) latency: Arc<Latency>,
     pub(crate) recorder: Option<Recorder>,
     pub(crate) events_tx: Sender<ServerEvent>,
+    pub(crate) events_dropped: AtomicU64,
     pub(crate) next_id: AtomicU64,
     pub(crate) gone: AtomicU64,
     pub(crate) busy: Arc<AtomicBool>,
@@ -226,21 +268,23 @@ impl Shared {
         SpaceId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Recomputes whether every live space is populated (server thread,
-    /// after any change); records the first time and tells the waiters.
-    pub(crate) fn update_population(&self) {
-        let populated = self
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .all(|s| s.is_gone() || s.is_populated());
+    /// Sends an event to readers; never blocks, never allocates.
+    pub(crate) fn emit(&self, event: ServerEvent) {
+        if self.events_tx.try_send(event).is_err() {
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records whether every live space is populated (the server thread
+    /// computes it); records the first time and tells the waiters.
+    pub(crate) fn set_population(&self, populated: bool) {
+        let populated = populated && self.pending_adds.load(Ordering::Acquire) == 0;
         let mut pop = self.population.lock().unwrap_or_else(PoisonError::into_inner);
         if populated && !pop.populated {
             if pop.first_populated.is_none() {
                 pop.first_populated = Some(self.started.elapsed());
             }
-            let _ = self.events_tx.send(ServerEvent::Populated);
+            self.emit(ServerEvent::Populated);
         }
         pop.populated = populated;
         self.population_cv.notify_all();
@@ -265,6 +309,7 @@ pub struct FaultServer {
     control_tx: Sender<Control>,
     events_rx: Receiver<ServerEvent>,
     thread: Option<JoinHandle<()>>,
+    janitor: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FaultServer {
@@ -284,19 +329,21 @@ impl FaultServer {
         let cache = ChunkCache::new(Arc::clone(&image), opts.cache);
         let env = Arc::new(Env::new(Arc::clone(&image), cache));
         let wakeup = Arc::new(Wakeup::new().map_err(ServerError::Start)?);
-        let (control_tx, control_rx) = crossbeam_channel::unbounded();
-        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
+        let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_CAPACITY);
         let counters: Arc<Mutex<Vec<Arc<Counters>>>> = Arc::default();
         let busy = Arc::new(AtomicBool::new(false));
         let plan = build_plan(&image, &opts.prefetch_first);
-        let prefetcher = Prefetcher::new(PoolShared {
+        let prefetcher = Prefetcher::start(PoolShared {
             env: Arc::clone(&env),
             plan: plan.into(),
             workers: opts.prefetch_workers,
             stop: AtomicBool::new(false),
             busy: Arc::clone(&busy),
             counters: Arc::clone(&counters),
-        });
+            running: AtomicBool::new(false),
+        })
+        .map_err(ServerError::Start)?;
         let recorder = opts
             .record_working_set
             .then(|| Recorder::new(image.chunks().len()));
@@ -306,7 +353,8 @@ impl FaultServer {
             started: Instant::now(),
             wakeup,
             control_rx,
-            registry: Mutex::default(),
+            registry: Registry::default(),
+            pending_adds: AtomicU64::new(0),
             population: Mutex::new(PopState {
                 populated: true,
                 first_populated: None,
@@ -317,22 +365,38 @@ impl FaultServer {
             latency: Latency::new(),
             recorder,
             events_tx,
+            events_dropped: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             gone: AtomicU64::new(0),
             busy,
             prefetcher,
             crashed: AtomicBool::new(false),
         });
-        let server = run::Server::new(Arc::clone(&shared)).map_err(ServerError::Start)?;
+        let (janitor_tx, janitor_rx) = crossbeam_channel::bounded(run::JANITOR_CAPACITY);
+        let registry_owner = Arc::clone(&shared);
+        let janitor = std::thread::Builder::new()
+            .name("lazarus-janitor".into())
+            .spawn(move || run::janitor(&registry_owner, &janitor_rx))
+            .map_err(ServerError::Start)?;
+        let server = run::Server::new(Arc::clone(&shared), janitor_tx).map_err(ServerError::Start)?;
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("lazarus-faults".into())
-            .spawn(move || server.run())
+            .spawn(move || server.run(&ready_tx))
             .map_err(ServerError::Start)?;
+        // Return only once the server thread runs its loop: a new thread's
+        // first steps allocate (thread-local malloc state), which must not
+        // happen while the caller forks (see `run.rs`).
+        if ready_rx.recv().is_err() {
+            let _ = thread.join();
+            return Err(ServerError::Crashed);
+        }
         Ok(Self {
             shared,
             control_tx,
             events_rx,
             thread: Some(thread),
+            janitor: Some(janitor),
         })
     }
 
@@ -367,26 +431,22 @@ impl FaultServer {
             snapshot,
             Arc::clone(&self.shared.wakeup),
         ));
-        self.publish(&space);
-        self.control_tx
-            .send(Control::Add(space))
-            .map_err(|_| AddSpaceError::Stopped)?;
-        self.shared.wakeup.wake();
-        Ok(id)
-    }
-
-    /// Makes a new space visible to statistics and population waits before
-    /// the server thread picks it up.
-    fn publish(&self, space: &Arc<Space>) {
+        // Everything the server thread needs is allocated here, in the
+        // caller's thread (see `run.rs`).
+        let local = run::Local::new(Arc::clone(&space), self.shared.opts.batch);
         if self.shared.prefetcher.enabled() {
             space.prefetch_done.store(false, Ordering::Release);
         }
+        self.shared.pending_adds.fetch_add(1, Ordering::AcqRel);
         self.shared.set_unpopulated();
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::clone(space));
+        self.shared.registry.update(|v| v.push(Arc::clone(&space)));
+        if self.control_tx.send(Control::Add(local)).is_err() {
+            self.shared.pending_adds.fetch_sub(1, Ordering::AcqRel);
+            return Err(AddSpaceError::Stopped);
+        }
+        self.shared.wakeup.wake();
+        self.shared.prefetcher.add_pass(space, false);
+        Ok(id)
     }
 
     /// Stops serving `id`. With `unregister`, first unregisters every range
@@ -404,17 +464,11 @@ impl FaultServer {
     /// still has unpopulated pages and no pass running. Returns at once; see
     /// [`wait_populated`](Self::wait_populated).
     pub fn populate(&self) {
-        let spaces: Vec<Arc<Space>> = self
-            .shared
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for space in spaces {
+        for space in self.shared.registry.snapshot().iter() {
             if !space.is_gone() && space.prefetch_done.load(Ordering::Acquire) && space.remaining() > 0 {
                 space.prefetch_done.store(false, Ordering::Release);
                 self.shared.set_unpopulated();
-                self.shared.prefetcher.add_pass(space, true);
+                self.shared.prefetcher.add_pass(Arc::clone(space), true);
             }
         }
     }
@@ -423,8 +477,7 @@ impl FaultServer {
     pub fn spaces(&self) -> Vec<SpaceId> {
         self.shared
             .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .snapshot()
             .iter()
             .filter(|s| !s.is_gone())
             .map(|s| s.id)
@@ -437,7 +490,10 @@ impl FaultServer {
     }
 
     /// The server's event stream (forks, spaces gone, population). Every
-    /// clone receives each event once between them.
+    /// clone receives each event once between them. At most
+    /// [`EVENTS_CAPACITY`] events wait for readers; later ones are dropped
+    /// (counted in [`Stats`]) until readers catch up: query
+    /// [`spaces`](Self::spaces) for the current state.
     pub fn events(&self) -> Receiver<ServerEvent> {
         self.events_rx.clone()
     }
@@ -493,11 +549,7 @@ impl FaultServer {
         s.prefetch.running = self.shared.prefetcher.running();
         s.cache.slots = self.shared.env.cache.slots();
         {
-            let reg = self
-                .shared
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let reg = self.shared.registry.snapshot();
             s.spaces.live = reg.iter().filter(|x| !x.is_gone()).count();
             s.population.remaining_pages = reg
                 .iter()
@@ -568,6 +620,11 @@ impl FaultServer {
         let _ = self.control_tx.send(Control::Stop);
         self.shared.wakeup.wake();
         let joined = thread.join();
+        if let Some(janitor) = self.janitor.take()
+            && janitor.join().is_err()
+        {
+            log::error!("the janitor thread panicked");
+        }
         self.shared.set_stopped();
         if joined.is_err() || self.shared.crashed.load(Ordering::Acquire) {
             return Err(ServerError::Crashed);

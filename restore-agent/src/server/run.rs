@@ -1,16 +1,40 @@
 //! The server thread: the epoll loop, batch reading with event application,
 //! and fault service. See the parent module for the design.
 //!
-//! Everything the fault path uses is allocated before the loop starts or
-//! when a space is added: the epoll event array, each space's message buffer
-//! and fault queue (a `VecDeque` whose capacity is never exceeded: a fault
-//! that would not fit is woken instead, and its thread faults again), the
-//! filler's decoder and buffers, the latency histograms. The table a fault
-//! looks up is the server's own `Arc` (replaced only when it applies an
-//! event), so a fault takes no lock besides its chunk's cache shard. This is
-//! checked by reading the code path (`serve_queue` → `serve_fault` →
-//! `fill::*`, `ChunkCache::get`), which has no `Vec` growth, `Box`, `format!`
-//! or `String` outside error logging.
+//! # No allocation in the loop
+//!
+//! Everything the fault path uses is allocated before the loop starts or,
+//! for a space, by the caller of `add_space` (its message buffer, and its
+//! fault queue: a `VecDeque` whose capacity is never exceeded; a fault that
+//! would not fit is woken instead and its thread faults again), the filler's
+//! decoder and buffers, the latency histograms. The table a fault looks up
+//! is the server's own `Arc` (replaced only when it applies an event), so a
+//! fault takes no lock besides its chunk's cache shard. This is checked by
+//! reading the code path (`serve_queue` → `serve_fault` → `fill::*`,
+//! `ChunkCache::get`): no `Vec` growth, `Box`, `format!` or `String` outside
+//! error logging.
+//!
+//! The rest of the loop avoids allocating too, for a reason beyond speed:
+//! **in-process restore and `fork()`**. glibc's `fork()` takes every malloc
+//! arena lock *before* the fork system call and releases them after it, and
+//! the kernel makes that system call wait until the FORK event is read. If
+//! the server thread called `malloc` or `free` in that window, *before*
+//! reading the event, it would wait for the forking thread, which waits for
+//! it: a deadlock (the first version of the poison test hung exactly so,
+//! when a space was set up by the server thread while the test forked). So:
+//! spaces are prepared by the caller of `add_space`; events for readers go
+//! through a preallocated channel; spaces that are gone are handed to a
+//! janitor thread that frees them; the registry is copy-on-write, updated
+//! outside the server thread except after a FORK read; no lock the server
+//! takes is ever held by another thread while it allocates. Right after
+//! reading a FORK event the server does allocate (the child's copy of the
+//! states): that is safe, the forking thread is already released (and glibc
+//! serializes forks through those same locks). What still allocates between
+//! reads: applying REMAP and UNMAP (a new segment table) and logging on
+//! error paths; so an `mremap`/`munmap` of restored memory racing a `fork()`
+//! in another thread of an in-process restored program can still deadlock.
+//! A server in another process than its target (process restore, `serve`)
+//! is not concerned at all.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -48,8 +72,15 @@ struct Pending {
     since: Instant,
 }
 
-/// The server thread's view of one space.
-struct Local {
+/// Spaces the janitor can have queued.
+pub(super) const JANITOR_CAPACITY: usize = 1024;
+/// Spaces the server expects to hold at once (its list is allocated for
+/// them; more is fine, but growing the list allocates).
+const SPACES_RESERVED: usize = 256;
+
+/// The server thread's view of one space (prepared by the caller of
+/// `add_space`, or by the server after a FORK).
+pub(crate) struct Local {
     space: Arc<Space>,
     /// The current table (the server is its only writer).
     table: Arc<Table>,
@@ -62,10 +93,36 @@ struct Local {
     again: u32,
 }
 
+impl Local {
+    /// Allocates the buffers for serving `space`.
+    pub(crate) fn new(space: Arc<Space>, batch: usize) -> Self {
+        Self {
+            table: space.table(),
+            msgs: MsgBuffer::new(batch),
+            queue: VecDeque::with_capacity(QUEUE_CAP),
+            // Faults may have queued before the fd was polled.
+            needs_read: true,
+            again: 0,
+            space,
+        }
+    }
+}
+
+/// Frees spaces that are gone (off the server thread), and drops them from
+/// the registry.
+pub(super) fn janitor(shared: &Shared, rx: &crossbeam_channel::Receiver<Local>) {
+    while let Ok(local) = rx.recv() {
+        let space = Arc::clone(&local.space);
+        shared.registry.update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
+        drop(local);
+    }
+}
+
 pub(super) struct Server {
     shared: Arc<Shared>,
     epoll: std::os::fd::OwnedFd,
     spaces: Vec<Local>,
+    janitor: crossbeam_channel::Sender<Local>,
     filler: Filler,
     latency: LatencyWriter,
     last_activity: Instant,
@@ -73,7 +130,10 @@ pub(super) struct Server {
 }
 
 impl Server {
-    pub(super) fn new(shared: Arc<Shared>) -> std::io::Result<Self> {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        janitor: crossbeam_channel::Sender<Local>,
+    ) -> std::io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &epoll,
@@ -93,7 +153,8 @@ impl Server {
         Ok(Self {
             shared,
             epoll,
-            spaces: Vec::new(),
+            spaces: Vec::with_capacity(SPACES_RESERVED),
+            janitor,
             filler,
             latency,
 
@@ -104,35 +165,27 @@ impl Server {
 
     /// The thread body: serves until told to stop. If the loop panics, every
     /// space is made to fail closed (see the parent module).
-    pub(super) fn run(mut self) {
+    pub(super) fn run(mut self, ready: &crossbeam_channel::Sender<()>) {
         let shared = Arc::clone(&self.shared);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve()));
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(ready)));
         if result.is_err() {
             log::error!("the fault server thread panicked; leaving the userfaultfds open");
             shared.crashed.store(true, Ordering::Release);
-            for s in shared
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-            {
+            for s in shared.registry.snapshot().iter() {
                 s.fail_closed();
             }
         } else {
-            shared
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            shared.registry.update(Vec::clear);
         }
         shared.set_stopped();
     }
 
-    fn serve(&mut self) {
+    fn serve(&mut self, started: &crossbeam_channel::Sender<()>) {
         let mut ready = [epoll::Event {
             flags: epoll::EventFlags::empty(),
             data: epoll::EventData::new_u64(0),
         }; EPOLL_EVENTS];
+        let _ = started.send(());
         loop {
             let timeout = self.timeout();
             let n = match epoll::wait(&self.epoll, &mut ready, timeout.as_ref()) {
@@ -183,9 +236,9 @@ impl Server {
                     }
                 }
             }
-            let gone = self.reap(woken);
+            let gone = self.reap();
             if woken || gone {
-                self.shared.update_population();
+                self.update_population();
             }
         }
     }
@@ -222,7 +275,10 @@ impl Server {
     fn control(&mut self) -> bool {
         while let Ok(msg) = self.shared.control_rx.try_recv() {
             match msg {
-                Control::Add(space) => self.add(space),
+                Control::Add(local) => {
+                    self.add(local);
+                    self.shared.pending_adds.fetch_sub(1, Ordering::AcqRel);
+                }
                 Control::Remove { id, unregister } => {
                     if let Some(l) = self.spaces.iter().find(|l| l.space.id == id) {
                         if unregister {
@@ -238,65 +294,68 @@ impl Server {
         true
     }
 
-    /// Starts serving a space (already in the registry).
-    fn add(&mut self, space: Arc<Space>) {
+    /// Starts serving a space (already in the registry, its prefetch pass
+    /// started). Allocates nothing (within `SPACES_RESERVED` spaces).
+    fn add(&mut self, local: Local) {
+        let space = Arc::clone(&local.space);
         let token = epoll::EventData::new_u64(space.id.0);
         if let Err(e) = epoll::add(&self.epoll, space.fd(), token, epoll::EventFlags::IN) {
             log::error!("{}: cannot poll its userfaultfd: {e}", space.id);
             space.set_gone();
-            self.forget(&space, GoneReason::Error);
+            self.bury(local, GoneReason::Error);
             return;
         }
-        let table = space.table();
-        self.spaces.push(Local {
-            table,
-            msgs: MsgBuffer::new(self.shared.opts.batch),
-            queue: VecDeque::with_capacity(QUEUE_CAP),
-            // Faults may have queued before the fd was polled.
-            needs_read: true,
-            again: 0,
-            space: Arc::clone(&space),
-        });
-        self.shared.prefetcher.add_pass(space, false);
+        self.spaces.push(local);
+    }
+
+    /// Whether every live space is populated, told to the waiters.
+    fn update_population(&self) {
+        let populated = self
+            .spaces
+            .iter()
+            .all(|l| l.space.is_gone() || l.space.is_populated());
+        self.shared.set_population(populated);
     }
 
     /// Removes spaces whose target is gone; true if any.
-    fn reap(&mut self, force_check: bool) -> bool {
-        if !force_check && !self.spaces.iter().any(|l| l.space.is_gone()) {
-            return false;
+    fn reap(&mut self) -> bool {
+        let mut any = false;
+        let mut i = 0;
+        while i < self.spaces.len() {
+            if self.spaces[i].space.is_gone() {
+                let l = self.spaces.swap_remove(i);
+                let _ = epoll::delete(&self.epoll, l.space.fd());
+                self.bury(l, GoneReason::Exited);
+                any = true;
+            } else {
+                i += 1;
+            }
         }
-        let gone: Vec<_> = self
-            .spaces
-            .iter()
-            .filter(|l| l.space.is_gone())
-            .map(|l| l.space.id)
-            .collect();
-        for id in &gone {
-            self.drop_space(*id, GoneReason::Exited);
-        }
-        !gone.is_empty()
+        any
     }
 
     fn drop_space(&mut self, id: crate::SpaceId, reason: GoneReason) {
         if let Some(i) = self.spaces.iter().position(|l| l.space.id == id) {
             let l = self.spaces.swap_remove(i);
             let _ = epoll::delete(&self.epoll, l.space.fd());
-            self.forget(&l.space, reason);
+            self.bury(l, reason);
         }
     }
 
-    fn forget(&self, space: &Arc<Space>, reason: GoneReason) {
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|s| !Arc::ptr_eq(s, space));
+    /// Hands a space that is gone to the janitor, which frees it.
+    fn bury(&self, local: Local, reason: GoneReason) {
+        let id = local.space.id;
         self.shared.gone.fetch_add(1, Ordering::Relaxed);
-        let _ = self.shared.events_tx.send(ServerEvent::Gone {
-            space: space.id,
-            reason,
-        });
-        log::debug!("{}: gone ({reason:?})", space.id);
+        self.shared.emit(ServerEvent::Gone { space: id, reason });
+        if let Err(e) = self.janitor.try_send(local) {
+            // The janitor is behind (or gone): free it here.
+            let local = e.into_inner();
+            let space = Arc::clone(&local.space);
+            self.shared
+                .registry
+                .update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
+        }
+        log::debug!("{id}: gone ({reason:?})");
     }
 
     /// Reads one batch from space `i` with its gate closed: queues the
@@ -374,21 +433,21 @@ impl Server {
         if n == l.msgs.capacity() {
             l.needs_read = true;
         }
+        // After a FORK read the forking thread is released: allocating is
+        // safe (see the module docs).
         for child in children {
             if self.shared.prefetcher.enabled() {
                 child.prefetch_done.store(false, Ordering::Release);
             }
-            self.shared
-                .registry
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Arc::clone(&child));
-            let _ = self.shared.events_tx.send(ServerEvent::Forked {
+            self.shared.registry.update(|v| v.push(Arc::clone(&child)));
+            self.shared.emit(ServerEvent::Forked {
                 parent: space.id,
                 child: child.id,
             });
-            self.add(child);
-            self.shared.update_population();
+            let local = Local::new(Arc::clone(&child), self.shared.opts.batch);
+            self.add(local);
+            self.shared.prefetcher.add_pass(child, false);
+            self.update_population();
         }
     }
 

@@ -1,0 +1,38 @@
+//! Reserving 2 MiB huge pages for a test, and giving them back.
+#![allow(dead_code)]
+
+const NR: &str = "/proc/sys/vm/nr_hugepages";
+
+/// A reservation of huge pages; restores the previous pool size on drop.
+#[derive(Debug)]
+pub(crate) struct Reservation {
+    previous: u64,
+}
+
+fn free_huge_pages() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("HugePages_Free:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Grows the huge page pool by `n` pages; `None` if that is not possible
+/// here (not root, or not enough memory), in which case nothing changed.
+pub(crate) fn reserve(n: u64) -> Option<Reservation> {
+    let previous: u64 = std::fs::read_to_string(NR).ok()?.trim().parse().ok()?;
+    std::fs::write(NR, (previous + n).to_string()).ok()?;
+    let reservation = Reservation { previous };
+    (free_huge_pages() >= n).then_some(reservation)
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(NR, self.previous.to_string()) {
+            eprintln!("cannot restore {NR} to {}: {e}", self.previous);
+        }
+    }
+}
