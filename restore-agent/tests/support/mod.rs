@@ -15,6 +15,7 @@
 
 pub(crate) mod hugepages;
 pub(crate) mod image;
+pub(crate) mod target;
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
