@@ -263,7 +263,9 @@ impl ChunkCache {
                     meta.referenced[i] = true;
                 }
                 drop(meta);
-                let guard = shard.slots[i].read().unwrap_or_else(PoisonError::into_inner);
+                let guard = shard.slots[i]
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if guard.chunk == id.0 {
                     counters.cache_hits.inc();
                     return Ok(CachedChunk::Cached(ChunkGuard(guard)));
@@ -411,9 +413,14 @@ mod tests {
         // Hold a slot; the rest of the shard stays usable; a second holder of
         // the same chunk shares the slot.
         let mut s2 = Scratch::new(&image).expect("scratch");
-        let held = cache.get(ChunkId(3), &mut scratch, Use::Fault, &c).expect("get");
+        let held = cache
+            .get(ChunkId(3), &mut scratch, Use::Fault, &c)
+            .expect("get");
         let same = cache.get(ChunkId(3), &mut s2, Use::Fault, &c).expect("get");
-        assert!(matches!((&held, &same), (CachedChunk::Cached(_), CachedChunk::Cached(_))));
+        assert!(matches!(
+            (&held, &same),
+            (CachedChunk::Cached(_), CachedChunk::Cached(_))
+        ));
         assert_eq!(&*held, &*same);
     }
 

@@ -129,7 +129,11 @@ pub(crate) fn copy_units(
 ) -> Outcome {
     debug_assert_eq!(bytes.len() as u64, (u1 - u0) as u64 * seg.unit);
     let unit = seg.unit as usize;
-    let mode = if wake { CopyMode::empty() } else { CopyMode::DONTWAKE };
+    let mode = if wake {
+        CopyMode::empty()
+    } else {
+        CopyMode::DONTWAKE
+    };
     let mut u = u0;
     while u < u1 {
         if seg.state(u) != PageState::Snapshot {
@@ -150,7 +154,14 @@ pub(crate) fn copy_units(
         };
         let done_units = (done / seg.unit) as usize;
         if done_units > 0 {
-            advance(space, seg, u, u + done_units, PageState::Snapshot, PageState::Served);
+            advance(
+                space,
+                seg,
+                u,
+                u + done_units,
+                PageState::Snapshot,
+                PageState::Served,
+            );
             counters.bytes_copied.add(done);
             if prefetch {
                 counters.prefetch_bytes.add(done);
@@ -203,13 +214,28 @@ pub(crate) fn zero_units(
         while v < u1 && seg.state(v) == PageState::Zero {
             v += 1;
         }
-        let result = fill_zero(env, space, seg.host_of(u), (v - u) as u64 * seg.unit, seg.unit, wake, counters);
+        let result = fill_zero(
+            env,
+            space,
+            seg.host_of(u),
+            (v - u) as u64 * seg.unit,
+            seg.unit,
+            wake,
+            counters,
+        );
         let done_units = (match &result {
             Ok(n) => *n,
             Err(FillError::Again { done }) => *done,
             Err(_) => 0,
         } / seg.unit) as usize;
-        advance(space, seg, u, u + done_units, PageState::Zero, PageState::Served);
+        advance(
+            space,
+            seg,
+            u,
+            u + done_units,
+            PageState::Zero,
+            PageState::Served,
+        );
         match result {
             Ok(_) => u = v,
             Err(FillError::Again { done }) if done > 0 => u += done_units,
@@ -250,7 +276,11 @@ pub(crate) fn fill_zero(
 ) -> Result<u64, FillError> {
     if unit <= rustix::param::page_size() as u64 {
         counters.zeropage_ioctls.inc();
-        let mode = if wake { ZeroPageMode::empty() } else { ZeroPageMode::DONTWAKE };
+        let mode = if wake {
+            ZeroPageMode::empty()
+        } else {
+            ZeroPageMode::DONTWAKE
+        };
         let n = uffd::zeropage(space.fd(), Range::new(addr, len), mode);
         let done = match &n {
             Ok(n) => *n,
@@ -260,7 +290,11 @@ pub(crate) fn fill_zero(
         counters.bytes_zeroed.add(done);
         return n;
     }
-    let mode = if wake { CopyMode::empty() } else { CopyMode::DONTWAKE };
+    let mode = if wake {
+        CopyMode::empty()
+    } else {
+        CopyMode::DONTWAKE
+    };
     let mut done = 0;
     while done < len {
         counters.copy_ioctls.inc();
@@ -297,7 +331,11 @@ pub(crate) fn poison_units(
         advance(space, seg, u0, u1, PageState::Snapshot, PageState::Poisoned);
         return Outcome::Failed;
     }
-    let mode = if wake { PoisonMode::empty() } else { PoisonMode::DONTWAKE };
+    let mode = if wake {
+        PoisonMode::empty()
+    } else {
+        PoisonMode::DONTWAKE
+    };
     let mut u = u0;
     while u < u1 {
         if seg.state(u) != PageState::Snapshot {
@@ -316,7 +354,14 @@ pub(crate) fn poison_units(
             Err(FillError::Again { done }) => *done,
             Err(_) => 0,
         } / seg.unit) as usize;
-        advance(space, seg, u, u + done_units, PageState::Snapshot, PageState::Poisoned);
+        advance(
+            space,
+            seg,
+            u,
+            u + done_units,
+            PageState::Snapshot,
+            PageState::Poisoned,
+        );
         match result {
             Ok(_) => u = v,
             Err(FillError::Again { done }) if done > 0 => u += done_units,

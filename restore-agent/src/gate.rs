@@ -237,6 +237,9 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         let entries: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
-        assert!(closes > 0 && entries > 0, "both sides ran ({closes}, {entries})");
+        assert!(
+            closes > 0 && entries > 0,
+            "both sides ran ({closes}, {entries})"
+        );
     }
 }

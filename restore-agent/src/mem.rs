@@ -39,7 +39,8 @@ impl MappedRegion {
     /// `prot`, backed by 2 MiB hugetlbfs pages when `huge`. Nothing is
     /// populated (`MAP_NORESERVE`).
     pub(crate) fn map(at: At, len: u64, prot: Protection, huge: bool) -> io::Result<Self> {
-        let len_usize = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        let len_usize =
+            usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
         let mut flags = MapFlags::PRIVATE | MapFlags::NORESERVE;
         let hint = match at {
             At::Fixed(addr) => {

@@ -203,10 +203,10 @@ impl Prefetcher {
             space.set_prefetch_done(true);
             return;
         }
-        if let Err(e) = self.feed.send(Feed::Pass { space, force }) {
-            if let Feed::Pass { space, .. } = e.into_inner() {
-                space.set_prefetch_done(true);
-            }
+        if let Err(e) = self.feed.send(Feed::Pass { space, force })
+            && let Feed::Pass { space, .. } = e.into_inner()
+        {
+            space.set_prefetch_done(true);
         }
     }
 
@@ -308,7 +308,11 @@ fn feeder(shared: &Arc<PoolShared>, feed: &Receiver<Feed>) {
             }
         }
         let r = run.get_or_insert_with(|| {
-            let n = if forced { shared.workers.max(1) } else { shared.workers };
+            let n = if forced {
+                shared.workers.max(1)
+            } else {
+                shared.workers
+            };
             Run::start(shared, n)
         });
         let Some(pass) = passes.front().cloned() else {
@@ -436,7 +440,9 @@ impl Worker<'_> {
                             let piece_end = end.min(start + MAX_COPY_PER_ENTRY);
                             let off = (u64::from(u.offset) + (start - u.addr)) as usize;
                             let src = &bytes[off..off + (piece_end - start) as usize];
-                            match copy_direct(&env, space, start, piece_end, src, counters, cancelled) {
+                            match copy_direct(
+                                &env, space, start, piece_end, src, counters, cancelled,
+                            ) {
                                 Outcome::Again => std::thread::sleep(AGAIN_PAUSE),
                                 Outcome::Gone => return,
                                 _ => start = piece_end,
@@ -530,7 +536,10 @@ impl Worker<'_> {
         } = &mut *self.filler;
         let out = &mut staging[..unit as usize];
         let bad = fill::assemble(env, scratch, img, out, Use::Prefetch, counters, |_| {}).is_err();
-        let Some(_inside) = space.gate.enter(|| self.shared.stop.load(Ordering::Acquire) || space.is_gone()) else {
+        let Some(_inside) = space
+            .gate
+            .enter(|| self.shared.stop.load(Ordering::Acquire) || space.is_gone())
+        else {
             return Outcome::Gone;
         };
         let table = space.table();

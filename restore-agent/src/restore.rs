@@ -49,7 +49,9 @@ use crate::mem::{At, HUGE_PAGE_2M, MappedRegion};
 use crate::server::{AddSpaceError, FaultServer, ServerError, ServerOptions};
 use crate::space::SpaceId;
 use crate::stats::Stats;
-use crate::uffd::{self, Features, HandshakeError, Ioctls, OpenOptions, Range, RegisterMode, Userfaultfd};
+use crate::uffd::{
+    self, Features, HandshakeError, Ioctls, OpenOptions, Range, RegisterMode, Userfaultfd,
+};
 use crate::workset::{WorkingSet, WorkingSetError};
 
 /// How long [`RestoreHandle::stop`] waits for population to make progress
@@ -144,7 +146,9 @@ pub enum RestoreError {
         count: usize,
     },
     /// A region backed by a mapped file (its pages are not in the image).
-    #[error("region {index} at {addr:#x} has file-backed pages, which in-process restore cannot serve")]
+    #[error(
+        "region {index} at {addr:#x} has file-backed pages, which in-process restore cannot serve"
+    )]
     FileBacked {
         /// Region index.
         index: usize,
@@ -258,7 +262,18 @@ pub struct RestoreHandle {
 
 /// Restores `image` into the calling process (see the
 /// [module documentation](self)).
-pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHandle, RestoreError> {
+pub fn restore_into(
+    image: Arc<Image>,
+    opts: RestoreOptions,
+) -> Result<RestoreHandle, RestoreError> {
+    let RestoreOptions {
+        placement,
+        regions: selected,
+        huge_pages,
+        require_fork_events,
+        server: mut server_opts,
+        working_set,
+    } = opts;
     let system = rustix::param::page_size() as u64;
     if u64::from(image.page_size()) != system {
         return Err(RestoreError::PageSize {
@@ -267,7 +282,7 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
         });
     }
     let count = image.regions().len();
-    let indices = opts.regions.clone().unwrap_or_else(|| (0..count).collect());
+    let indices = selected.unwrap_or_else(|| (0..count).collect());
     for &index in &indices {
         if index >= count {
             return Err(RestoreError::NoRegion { index, count });
@@ -277,10 +292,13 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
             .iter()
             .find(|e| matches!(e.source, PageSource::File { .. }))
         {
-            return Err(RestoreError::FileBacked { index, addr: e.start });
+            return Err(RestoreError::FileBacked {
+                index,
+                addr: e.start,
+            });
         }
     }
-    let addrs: Vec<At> = match &opts.placement {
+    let addrs: Vec<At> = match placement {
         Placement::Recorded => indices
             .iter()
             .map(|&i| At::Fixed(image.regions()[i].start))
@@ -293,19 +311,17 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
                     regions: indices.len(),
                 });
             }
-            v.iter().map(|&a| At::Fixed(a)).collect()
+            v.into_iter().map(At::Fixed).collect()
         }
     };
 
     // Working set.
-    let ws_path = opts
-        .working_set
+    let ws_path = working_set
         .path
-        .clone()
         .or_else(|| image.top().path().map(WorkingSet::default_path));
     let mut ws_loaded = None;
     let mut ws_error = None;
-    if opts.working_set.load
+    if working_set.load
         && let Some(p) = &ws_path
         && p.exists()
     {
@@ -317,21 +333,21 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
             }
         }
     }
-    let mut server_opts = opts.server.clone();
     if let Some(ws) = &ws_loaded {
         server_opts.prefetch_first = ws.chunks().to_vec();
     }
-    server_opts.record_working_set |= opts.working_set.save;
+    server_opts.record_working_set |= working_set.save;
 
     // The userfaultfd.
-    let mut required = Features::EVENT_REMOVE | Features::EVENT_UNMAP | Features::EVENT_REMAP | Features::POISON;
+    let mut required =
+        Features::EVENT_REMOVE | Features::EVENT_UNMAP | Features::EVENT_REMAP | Features::POISON;
     let mut optional = Features::THREAD_ID;
-    if opts.require_fork_events {
+    if require_fork_events {
         required |= Features::EVENT_FORK;
     } else {
         optional |= Features::EVENT_FORK;
     }
-    if opts.huge_pages {
+    if huge_pages {
         required |= Features::MISSING_HUGETLBFS;
     }
     let uffd = Userfaultfd::negotiate(&OpenOptions::new(), required, optional)?;
@@ -342,7 +358,7 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
     let mut mappings = Vec::with_capacity(indices.len());
     for (&index, &at) in indices.iter().zip(&addrs) {
         let info = &image.regions()[index];
-        let map = MappedRegion::map(at, info.len, info.prot, opts.huge_pages).map_err(|source| {
+        let map = MappedRegion::map(at, info.len, info.prot, huge_pages).map_err(|source| {
             RestoreError::Map {
                 index,
                 addr: match at {
@@ -353,15 +369,19 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
                 source,
             }
         })?;
-        let ioctls = uffd::register(uffd.as_fd(), Range::new(map.addr(), map.len()), RegisterMode::MISSING)
-            .map_err(|source| RestoreError::Register {
-                index,
-                addr: map.addr(),
-                source,
-            })?;
+        let ioctls = uffd::register(
+            uffd.as_fd(),
+            Range::new(map.addr(), map.len()),
+            RegisterMode::MISSING,
+        )
+        .map_err(|source| RestoreError::Register {
+            index,
+            addr: map.addr(),
+            source,
+        })?;
         debug_assert!(ioctls.contains(Ioctls::COPY));
         let mut mapping = Mapping::new(map.addr(), info.start, info.len);
-        if opts.huge_pages {
+        if huge_pages {
             mapping = mapping.with_page_size(HUGE_PAGE_2M);
         }
         mappings.push(mapping);
@@ -374,7 +394,7 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
     }
     let memory = RestoredMemory { regions, maps };
 
-    let server = FaultServer::start(Arc::clone(&image), server_opts)?;
+    let server = FaultServer::start(image, server_opts)?;
     let space = server.add_space(uffd, &mappings)?;
     Ok(RestoreHandle {
         server: Some(server),
@@ -383,21 +403,21 @@ pub fn restore_into(image: Arc<Image>, opts: RestoreOptions) -> Result<RestoreHa
         ws_path,
         ws_loaded,
         ws_error,
-        save_ws: opts.working_set.save,
+        save_ws: working_set.save,
     })
 }
 
 impl RestoreHandle {
     /// The restored regions.
     pub fn regions(&self) -> &[RestoredRegion] {
-        self.memory
-            .as_ref()
-            .map_or(&[], |m| m.regions())
+        self.memory.as_ref().map_or(&[], |m| m.regions())
     }
 
     /// The fault server (events, prefetch plan, working set).
     pub fn server(&self) -> &FaultServer {
-        self.server.as_ref().expect("the server lives until stop or drop")
+        self.server
+            .as_ref()
+            .expect("the server lives until stop or drop")
     }
 
     /// The space of this process in the server.
@@ -433,7 +453,10 @@ impl RestoreHandle {
     /// anonymous memory. If population stops progressing for
     /// [`STOP_STALL_TIMEOUT`], the restore is abandoned instead.
     pub fn stop(mut self) -> Result<RestoredMemory, RestoreError> {
-        let server = self.server.take().expect("the server lives until stop or drop");
+        let server = self
+            .server
+            .take()
+            .expect("the server lives until stop or drop");
         server.populate();
         let mut last = u64::MAX;
         let mut progress = Instant::now();

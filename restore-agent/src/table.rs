@@ -117,7 +117,9 @@ impl Segment {
     /// The part `[off, off + len)` (byte offsets from `host`, unit-aligned),
     /// sharing the states.
     fn part(&self, off: u64, len: u64) -> Self {
-        debug_assert!(off % self.unit == 0 && len % self.unit == 0 && off + len <= self.len);
+        debug_assert!(
+            off.is_multiple_of(self.unit) && len.is_multiple_of(self.unit) && off + len <= self.len
+        );
         Self {
             host: self.host + off,
             len,
@@ -248,7 +250,9 @@ impl Table {
         // (EINVAL); keep the table consistent anyway.
         let table = Self::new(segments);
         if table.has_overlap() {
-            log::error!("REMAP {from:#x} -> {to:#x} (+{len:#x}) made segments overlap; dropping them");
+            log::error!(
+                "REMAP {from:#x} -> {to:#x} (+{len:#x}) made segments overlap; dropping them"
+            );
             let (fixed, more) = table.without(to, to.saturating_add(len));
             dropped.extend(more);
             return (fixed, dropped);
@@ -313,14 +317,21 @@ mod tests {
     const P: u64 = 4096;
 
     fn seg(host: u64, image: u64, pages: usize) -> Segment {
-        let states = Arc::new(StateArray::from_states(
-            (0..pages).map(|i| if i % 2 == 0 { PageState::Snapshot } else { PageState::Zero }),
-        ));
+        let states = Arc::new(StateArray::from_states((0..pages).map(|i| {
+            if i % 2 == 0 {
+                PageState::Snapshot
+            } else {
+                PageState::Zero
+            }
+        })));
         Segment::new(host, image, P, states)
     }
 
     fn layout(t: &Table) -> Vec<(u64, u64, u64)> {
-        t.segments().iter().map(|s| (s.host, s.len, s.image)).collect()
+        t.segments()
+            .iter()
+            .map(|s| (s.host, s.len, s.image))
+            .collect()
     }
 
     #[test]
@@ -333,15 +344,24 @@ mod tests {
             .image_pieces(0x2000, 0x9000)
             .map(|(s, a, b)| (s.host, a, b))
             .collect();
-        assert_eq!(pieces, vec![(0x10000, 0x2000, 0x4000), (0x1000, 0x8000, 0x9000)]);
+        assert_eq!(
+            pieces,
+            vec![(0x10000, 0x2000, 0x4000), (0x1000, 0x8000, 0x9000)]
+        );
     }
 
     #[test]
     fn unmap_cuts_out_a_middle_part_and_keeps_states() {
         let t = Table::new(vec![seg(0x10000, 0, 8)]);
         let (t2, removed) = t.without(0x12000, 0x14000);
-        assert_eq!(layout(&t2), vec![(0x10000, 0x2000, 0), (0x14000, 0x4000, 0x4000)]);
-        assert_eq!(layout(&Table::new(removed)), vec![(0x12000, 0x2000, 0x2000)]);
+        assert_eq!(
+            layout(&t2),
+            vec![(0x10000, 0x2000, 0), (0x14000, 0x4000, 0x4000)]
+        );
+        assert_eq!(
+            layout(&Table::new(removed)),
+            vec![(0x12000, 0x2000, 0x2000)]
+        );
         let tail = &t2.segments()[1];
         assert_eq!(tail.state(0), PageState::Snapshot, "unit 4 of the original");
         assert_eq!(tail.state(1), PageState::Zero);
@@ -370,7 +390,10 @@ mod tests {
 
         // Onto an existing segment: its old content is dropped.
         let (t3, dropped) = t2.remapped(0x80000, 0x40000, 0x2000);
-        assert_eq!(layout(&Table::new(dropped)), vec![(0x40000, 0x2000, 0x9000)]);
+        assert_eq!(
+            layout(&Table::new(dropped)),
+            vec![(0x40000, 0x2000, 0x9000)]
+        );
         assert_eq!(t3.find(0x40000).map(|s| s.image), Some(0x2000));
         assert!(t3.find(0x80000).is_none());
     }
@@ -380,7 +403,10 @@ mod tests {
         let t = Table::new(vec![seg(0x10000, 0, 4)]);
         let (child, snapshot) = t.deep_copy();
         assert_eq!(snapshot, 2);
-        child.find(0x10000).expect("seg").replace(0, PageState::Served);
+        child
+            .find(0x10000)
+            .expect("seg")
+            .replace(0, PageState::Served);
         assert_eq!(t.find(0x10000).expect("seg").state(0), PageState::Snapshot);
     }
 

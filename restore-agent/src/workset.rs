@@ -73,7 +73,9 @@ pub enum WorkingSetError {
         reason: String,
     },
     /// A newer version.
-    #[error("working set {path}: version {version} not supported (this reads {WORKING_SET_VERSION})")]
+    #[error(
+        "working set {path}: version {version} not supported (this reads {WORKING_SET_VERSION})"
+    )]
     Version {
         /// The file.
         path: PathBuf,
@@ -173,7 +175,9 @@ impl WorkingSet {
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len > max_len {
-            return Err(invalid(format!("{len} bytes, more than a working set can hold")));
+            return Err(invalid(format!(
+                "{len} bytes, more than a working set can hold"
+            )));
         }
         let mut bytes = Vec::with_capacity(len as usize);
         file.take(max_len).read_to_end(&mut bytes).map_err(io)?;
@@ -202,7 +206,9 @@ impl WorkingSet {
         }
         let count = u32_at(12) as usize;
         if count > MAX_WORKING_SET {
-            return Err(Decode::Invalid(format!("{count} chunks, more than {MAX_WORKING_SET}")));
+            return Err(Decode::Invalid(format!(
+                "{count} chunks, more than {MAX_WORKING_SET}"
+            )));
         }
         let body = HEADER_LEN + 4 * count;
         if bytes.len() != body + 8 {
@@ -226,7 +232,9 @@ impl WorkingSet {
         for i in 0..count {
             let id = u32_at(HEADER_LEN + 4 * i);
             let Some(flag) = seen.get_mut(id as usize) else {
-                return Err(Decode::Invalid(format!("chunk {id} is not in the image ({n_chunks} chunks)")));
+                return Err(Decode::Invalid(format!(
+                    "chunk {id} is not in the image ({n_chunks} chunks)"
+                )));
             };
             if std::mem::replace(flag, true) {
                 return Err(Decode::Invalid(format!("chunk {id} listed twice")));
@@ -260,7 +268,9 @@ impl Recorder {
     /// `min(chunks, MAX_WORKING_SET)` entries).
     pub(crate) fn new(chunks: usize) -> Self {
         Self {
-            seen: (0..chunks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            seen: (0..chunks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             order: (0..chunks.min(MAX_WORKING_SET))
                 .map(|_| AtomicU32::new(0))
                 .collect(),
@@ -320,7 +330,8 @@ mod tests {
         w.begin_region(RegionInfo::raw_file(0, (pages * 4096) as u64))
             .expect("region");
         for p in 0..pages {
-            w.write_pages((p * 4096) as u64, &[p as u8 + 1; 4096]).expect("write");
+            w.write_pages((p * 4096) as u64, &[p as u8 + 1; 4096])
+                .expect("write");
         }
         w.finish().expect("finish");
         Image::open(&path).expect("open")
@@ -383,7 +394,10 @@ mod tests {
         for id in [7, 3, 7, 99, 3, 0, 500] {
             r.record(ChunkId(id));
         }
-        assert_eq!(r.chunks(), vec![ChunkId(7), ChunkId(3), ChunkId(99), ChunkId(0)]);
+        assert_eq!(
+            r.chunks(),
+            vec![ChunkId(7), ChunkId(3), ChunkId(99), ChunkId(0)]
+        );
         assert_eq!(r.len(), 4);
     }
 

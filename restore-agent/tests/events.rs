@@ -91,7 +91,10 @@ fn a_forked_child_and_its_parent_each_see_correct_independent_data() {
                 for p in (0..PAGES as u64).step_by(4) {
                     fill_page(base + p * P, 0xee);
                 }
-                if !(0..PAGES as u64).step_by(4).all(|p| page_is(base + p * P, 0xee)) {
+                if !(0..PAGES as u64)
+                    .step_by(4)
+                    .all(|p| page_is(base + p * P, 0xee))
+                {
                     return 4;
                 }
                 0
@@ -141,8 +144,8 @@ fn dropped_pages_read_zero_never_snapshot_bytes_even_while_prefetch_runs() {
                     let m = 2 + (op % 200) as u8;
                     for p in a..b {
                         fill_page(base + p as u64 * P, m);
-                        model[p] = m;
                     }
+                    model[a..b].fill(m);
                 } else {
                     if !dontneed(base + a as u64 * P, (b - a) as u64 * P) {
                         return 2;
@@ -181,7 +184,8 @@ fn remapped_ranges_read_their_snapshot_bytes_at_the_new_address() {
         let server = server(&img, workers, FaultPolicy::Page);
         let res = Reservation::new(4 * PAGES * P);
         let base = res.addr;
-        let (land_a, land_b, land_c) = (base + PAGES * P, base + 2 * PAGES * P, base + 3 * PAGES * P);
+        let (land_a, land_b, land_c) =
+            (base + PAGES * P, base + 2 * PAGES * P, base + 3 * PAGES * P);
         let want = &img.bytes[0];
         let w = |from: u64, to: u64| &want[(from * P) as usize..(to * P) as usize];
         let t = start_target(&server, &[Mapping::new(base, 0, PAGES * P)], |_| {
@@ -224,7 +228,10 @@ fn remapped_ranges_read_their_snapshot_bytes_at_the_new_address() {
         t.finish("remap", TIMEOUT);
         let s = server.stats();
         assert!(s.events.remap >= 4, "{s:?}");
-        assert!(s.faults.stray >= 16, "new tail and emptied range served as zeros: {s:?}");
+        assert!(
+            s.faults.stray >= 16,
+            "new tail and emptied range served as zeros: {s:?}"
+        );
         server.stop().expect("stop");
     }
 }
@@ -252,7 +259,9 @@ fn an_unmapped_range_is_forgotten_and_never_served_again() {
         if !mem_is_zero(base + 8 * P, 32 * PAGE) {
             return 5;
         }
-        if !mem_equals(base + P, &want[PAGE..8 * PAGE]) || !mem_equals(base + 40 * P, &want[40 * PAGE..]) {
+        if !mem_equals(base + P, &want[PAGE..8 * PAGE])
+            || !mem_equals(base + 40 * P, &want[40 * PAGE..])
+        {
             return 6;
         }
         0
@@ -300,13 +309,23 @@ fn the_server_survives_its_targets_exiting() {
     let want = &img.bytes[0];
     let maps = [Mapping::new(base, 0, PAGES as u64 * P)];
     // Exits mid-restore: most pages unserved, prefetch running.
-    let first = start_target(&server, &maps, |_| if mem_equals(base, &want[..PAGE]) { 0 } else { 2 });
+    let first = start_target(&server, &maps, |_| {
+        if mem_equals(base, &want[..PAGE]) {
+            0
+        } else {
+            2
+        }
+    });
     let gone = first.space;
     first.finish("exiting target", TIMEOUT);
     wait_gone(&events, gone);
     assert!(!server.is_live(gone));
     // The server goes on serving others.
-    let second = start_target(&server, &maps, |_| if mem_equals(base, want) { 0 } else { 2 });
+    let second = start_target(
+        &server,
+        &maps,
+        |_| if mem_equals(base, want) { 0 } else { 2 },
+    );
     second.finish("second target", TIMEOUT);
     let s = server.stats();
     assert!(s.spaces.gone >= 1, "{s:?}");
@@ -342,7 +361,8 @@ fn stress_fork_remove_remap_unmap_with_prefetch_repeated() {
             let mut slots = vec![Slot { moved: false }; SLOTS];
             let seed = round << 40 | t << 32;
             let target = start_target(&server, &[Mapping::new(base, 0, PAGES * P)], |ctx| {
-                let at = |slots: &[Slot], s: usize| if slots[s].moved { landing(s) } else { home(s) };
+                let at =
+                    |slots: &[Slot], s: usize| if slots[s].moved { landing(s) } else { home(s) };
                 let check = |state: &[u8], slots: &[Slot], s: usize| {
                     (0..SLOT_PAGES).all(|i| {
                         let p = s * SLOT_PAGES as usize + i as usize;
@@ -379,7 +399,10 @@ fn stress_fork_remove_remap_unmap_with_prefetch_repeated() {
                             state[pages].fill(1);
                         }
                         3 => {
-                            let (from, to) = (at(&slots, s), if slots[s].moved { home(s) } else { landing(s) });
+                            let (from, to) = (
+                                at(&slots, s),
+                                if slots[s].moved { home(s) } else { landing(s) },
+                            );
                             if !mremap_fixed(from, len, len, to, false) {
                                 return 4;
                             }
@@ -387,7 +410,10 @@ fn stress_fork_remove_remap_unmap_with_prefetch_repeated() {
                         }
                         4 => {
                             let a = at(&slots, s);
-                            if !unmap(a, len) || !map_fixed_anon(a, len) || !register_more(ctx, a, len) {
+                            if !unmap(a, len)
+                                || !map_fixed_anon(a, len)
+                                || !register_more(ctx, a, len)
+                            {
                                 return 5;
                             }
                             state[pages].fill(1);
@@ -406,7 +432,11 @@ fn stress_fork_remove_remap_unmap_with_prefetch_repeated() {
                         }
                     }
                 }
-                if (0..SLOTS).all(|s| check(&state, &slots, s)) { 0 } else { 8 }
+                if (0..SLOTS).all(|s| check(&state, &slots, s)) {
+                    0
+                } else {
+                    8
+                }
             });
             running.push(target);
             reservations.push(res);

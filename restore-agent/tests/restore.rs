@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use restore_agent::{
-    FaultPolicy, Placement, RestoreError, RestoreHandle, RestoreOptions, ServerOptions,
-    WorkingSet, WorkingSetOptions, restore_into,
+    FaultPolicy, Placement, RestoreError, RestoreHandle, RestoreOptions, ServerOptions, WorkingSet,
+    WorkingSetOptions, restore_into,
 };
 use support::image::{
     PAGE, RegionSpec, TestImage, mem_equals, mix, open_fds, read_mem, threads, write_mem,
@@ -128,21 +128,32 @@ fn many_threads_read_and_write_every_page_with_both_policies() {
             })
             .collect();
         for w in workers {
-            w.join().expect("worker thread").expect("bytes as in the image");
+            w.join()
+                .expect("worker thread")
+                .expect("bytes as in the image");
         }
         for (r, reg) in regs.iter().enumerate() {
             for p in (7..reg.len as usize / PAGE).step_by(8) {
                 let owner = (p / 8) % 4;
                 let got = read_mem(reg.addr + (p * PAGE) as u64, PAGE);
-                assert!(got.iter().all(|&b| b == owner as u8 + 1), "{policy:?}: page {r}/{p}");
+                assert!(
+                    got.iter().all(|&b| b == owner as u8 + 1),
+                    "{policy:?}: page {r}/{p}"
+                );
             }
         }
         let s = h.stats();
-        assert!(s.faults.total > 0 && s.faults.copy > 0 && s.faults.zero > 0, "{s:?}");
+        assert!(
+            s.faults.total > 0 && s.faults.copy > 0 && s.faults.zero > 0,
+            "{s:?}"
+        );
         assert_eq!(s.faults.unserved, 0, "{s:?}");
         assert_eq!(s.faults.stray, 0, "{s:?}");
         if policy == FaultPolicy::Chunk {
-            assert!(s.ioctls.copy > s.faults.copy, "chunk policy copies the rest: {s:?}");
+            assert!(
+                s.ioctls.copy > s.faults.copy,
+                "chunk policy copies the rest: {s:?}"
+            );
         }
         let mem = h.stop().expect("stop");
         assert_eq!(mem.regions().len(), 3);
@@ -159,7 +170,10 @@ fn prefetch_populates_everything_and_no_fault_follows() {
     assert!(before.population.populated);
     assert!(before.population.time_to_populated_ms.is_some());
     assert!(before.bytes.prefetch_copied > 0);
-    assert!(before.bytes.zeroed > 0, "zero runs are mapped too: {before:?}");
+    assert!(
+        before.bytes.zeroed > 0,
+        "zero runs are mapped too: {before:?}"
+    );
     assert_all_bytes(&h, &img);
     let after = h.stats();
     assert_eq!(
@@ -204,10 +218,15 @@ fn working_set_is_recorded_in_fault_order_and_prefetched_first() {
     h.stop().expect("stop");
     let path = WorkingSet::default_path(&img.path);
     let ws = WorkingSet::load(&path, &img.image).expect("working set saved beside the image");
-    assert_eq!(ws.chunks(), &faulted[..], "recorded order = first-fault order");
+    assert_eq!(
+        ws.chunks(),
+        &faulted[..],
+        "recorded order = first-fault order"
+    );
 
     // Without it, the plan is in address order.
-    let plain = restore_into(Arc::clone(&img.image), options(FaultPolicy::Page, 1)).expect("restore");
+    let plain =
+        restore_into(Arc::clone(&img.image), options(FaultPolicy::Page, 1)).expect("restore");
     let address_order = plain.server().prefetch_plan();
     assert!(plain.wait_populated(TIMEOUT));
     plain.stop().expect("stop");
@@ -221,7 +240,11 @@ fn working_set_is_recorded_in_fault_order_and_prefetched_first() {
     assert_eq!(h.loaded_working_set(), Some(&ws));
     let plan = h.server().prefetch_plan();
     assert_eq!(&plan[..faulted.len()], &faulted[..]);
-    let rest: Vec<_> = address_order.iter().filter(|c| !faulted.contains(c)).copied().collect();
+    let rest: Vec<_> = address_order
+        .iter()
+        .filter(|c| !faulted.contains(c))
+        .copied()
+        .collect();
     assert_eq!(&plan[faulted.len()..], &rest[..]);
     assert!(h.wait_populated(TIMEOUT));
     assert_all_bytes(&h, &img);
@@ -237,13 +260,21 @@ fn a_corrupt_chunk_raises_sigbus_in_the_reader_and_the_rest_is_served() {
     let bad_page = (0..513)
         .find(|&p| {
             img.chunk_at(base + (p * PAGE) as u64).is_some()
-                && img.image.chunk_uses(img.chunk_at(base + (p * PAGE) as u64).unwrap()).len() == 1
+                && img
+                    .image
+                    .chunk_uses(img.chunk_at(base + (p * PAGE) as u64).unwrap())
+                    .len()
+                    == 1
         })
         .expect("a data page with an undeduplicated chunk");
-    let chunk = img.chunk_at(base + (bad_page * PAGE) as u64).expect("chunk");
+    let chunk = img
+        .chunk_at(base + (bad_page * PAGE) as u64)
+        .expect("chunk");
     let bad: Vec<(usize, usize)> = all_pages(&img)
         .into_iter()
-        .filter(|&(r, p)| img.chunk_at(img.image.regions()[r].start + (p * PAGE) as u64) == Some(chunk))
+        .filter(|&(r, p)| {
+            img.chunk_at(img.image.regions()[r].start + (p * PAGE) as u64) == Some(chunk)
+        })
         .collect();
     img.corrupt_chunk(chunk);
 
@@ -260,7 +291,9 @@ fn a_corrupt_chunk_raises_sigbus_in_the_reader_and_the_rest_is_served() {
         "the child touching a corrupt chunk's page dies of SIGBUS: {status:?}"
     );
     // Another child reads a good page of the same region.
-    let good = (0..513).find(|p| !bad.contains(&(2, *p))).expect("a good page");
+    let good = (0..513)
+        .find(|p| !bad.contains(&(2, *p)))
+        .expect("a good page");
     let good_addr = h.regions()[2].addr + (good * PAGE) as u64;
     let want = img.bytes[2][good * PAGE..(good + 1) * PAGE].to_vec();
     let child = fork_child(|| if mem_equals(good_addr, &want) { 0 } else { 2 });
@@ -271,7 +304,10 @@ fn a_corrupt_chunk_raises_sigbus_in_the_reader_and_the_rest_is_served() {
             continue;
         }
         let addr = h.regions()[r].addr + (p * PAGE) as u64;
-        assert!(mem_equals(addr, &img.bytes[r][p * PAGE..(p + 1) * PAGE]), "page {r}/{p}");
+        assert!(
+            mem_equals(addr, &img.bytes[r][p * PAGE..(p + 1) * PAGE]),
+            "page {r}/{p}"
+        );
     }
     // Population poisons what is left of the bad chunk and completes.
     h.server().populate();
@@ -295,7 +331,8 @@ fn clean_stop_while_threads_are_faulting_leaks_no_threads_or_fds() {
     let fds = open_fds();
     let tasks = threads();
     for workers in [0, 2] {
-        let h = restore_into(Arc::clone(&img.image), options(FaultPolicy::Page, workers)).expect("restore");
+        let h = restore_into(Arc::clone(&img.image), options(FaultPolicy::Page, workers))
+            .expect("restore");
         let regs: Vec<_> = h.regions().to_vec();
         let bytes = Arc::new(img.bytes.clone());
         let readers: Vec<_> = (0..4u64)
@@ -307,7 +344,10 @@ fn clean_stop_while_threads_are_faulting_leaks_no_threads_or_fds() {
                         .collect();
                     pages.sort_by_key(|&(r, p)| mix(t ^ 0x77 ^ ((r as u64) << 32) ^ p as u64));
                     pages.iter().all(|&(r, p)| {
-                        mem_equals(regs[r].addr + (p * PAGE) as u64, &bytes[r][p * PAGE..(p + 1) * PAGE])
+                        mem_equals(
+                            regs[r].addr + (p * PAGE) as u64,
+                            &bytes[r][p * PAGE..(p + 1) * PAGE],
+                        )
                     })
                 })
             })
@@ -363,7 +403,9 @@ fn regions_go_to_recorded_or_given_addresses() {
     assert_all_bytes(&h, &img);
     // The addresses are taken: a second restore there must refuse.
     match restore_into(Arc::clone(&img.image), o) {
-        Err(RestoreError::Map { source, .. }) => assert_eq!(source.raw_os_error(), Some(libc::EEXIST)),
+        Err(RestoreError::Map { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(libc::EEXIST));
+        }
         other => panic!("expected EEXIST, got {other:?}"),
     }
     h.stop().expect("stop");
@@ -374,7 +416,10 @@ fn regions_go_to_recorded_or_given_addresses() {
     o.placement = Placement::At(vec![base + 0x100_0000]);
     let h = restore_into(Arc::clone(&img.image), o).expect("restore at given addresses");
     assert_eq!(h.regions().len(), 1);
-    assert_eq!((h.regions()[0].index, h.regions()[0].addr), (1, base + 0x100_0000));
+    assert_eq!(
+        (h.regions()[0].index, h.regions()[0].addr),
+        (1, base + 0x100_0000)
+    );
     assert!(mem_equals(h.regions()[0].addr, &img.bytes[1]));
     h.stop().expect("stop");
 

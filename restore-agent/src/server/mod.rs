@@ -279,7 +279,10 @@ impl Shared {
     /// computes it); records the first time and tells the waiters.
     pub(crate) fn set_population(&self, populated: bool) {
         let populated = populated && self.pending_adds.load(Ordering::Acquire) == 0;
-        let mut pop = self.population.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pop = self
+            .population
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if populated && !pop.populated {
             if pop.first_populated.is_none() {
                 pop.first_populated = Some(self.started.elapsed());
@@ -291,12 +294,18 @@ impl Shared {
     }
 
     fn set_unpopulated(&self) {
-        let mut pop = self.population.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pop = self
+            .population
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         pop.populated = false;
     }
 
     pub(crate) fn set_stopped(&self) {
-        let mut pop = self.population.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pop = self
+            .population
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         pop.stopped = true;
         self.population_cv.notify_all();
     }
@@ -326,14 +335,17 @@ impl FaultServer {
     /// prefetch plan and starts the server thread. Spaces are added with
     /// [`add_space`](Self::add_space).
     pub fn start(image: Arc<Image>, opts: ServerOptions) -> Result<Self, ServerError> {
+        let plan = build_plan(&image, &opts.prefetch_first);
+        let recorder = opts
+            .record_working_set
+            .then(|| Recorder::new(image.chunks().len()));
         let cache = ChunkCache::new(Arc::clone(&image), opts.cache);
-        let env = Arc::new(Env::new(Arc::clone(&image), cache));
+        let env = Arc::new(Env::new(image, cache));
         let wakeup = Arc::new(Wakeup::new().map_err(ServerError::Start)?);
         let (control_tx, control_rx) = crossbeam_channel::bounded(CONTROL_CAPACITY);
         let (events_tx, events_rx) = crossbeam_channel::bounded(EVENTS_CAPACITY);
         let counters: Arc<Mutex<Vec<Arc<Counters>>>> = Arc::default();
         let busy = Arc::new(AtomicBool::new(false));
-        let plan = build_plan(&image, &opts.prefetch_first);
         let prefetcher = Prefetcher::start(PoolShared {
             env: Arc::clone(&env),
             plan: plan.into(),
@@ -344,9 +356,6 @@ impl FaultServer {
             running: AtomicBool::new(false),
         })
         .map_err(ServerError::Start)?;
-        let recorder = opts
-            .record_working_set
-            .then(|| Recorder::new(image.chunks().len()));
         let shared = Arc::new(Shared {
             env,
             opts,
@@ -378,7 +387,8 @@ impl FaultServer {
             .name("lazarus-janitor".into())
             .spawn(move || run::janitor(&registry_owner, &janitor_rx))
             .map_err(ServerError::Start)?;
-        let server = run::Server::new(Arc::clone(&shared), janitor_tx).map_err(ServerError::Start)?;
+        let server =
+            run::Server::new(Arc::clone(&shared), janitor_tx).map_err(ServerError::Start)?;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("lazarus-faults".into())
@@ -413,7 +423,11 @@ impl FaultServer {
     /// unmapped or moved ranges (they are then just not served); without
     /// `EVENT_FORK` a child gets no registration at all; without `POISON`,
     /// faults on corrupt chunks stay unserved.
-    pub fn add_space(&self, uffd: Userfaultfd, mappings: &[Mapping]) -> Result<SpaceId, AddSpaceError> {
+    pub fn add_space(
+        &self,
+        uffd: Userfaultfd,
+        mappings: &[Mapping],
+    ) -> Result<SpaceId, AddSpaceError> {
         if self.is_stopped() {
             return Err(AddSpaceError::Stopped);
         }
@@ -421,7 +435,14 @@ impl FaultServer {
         let segments = mappings
             .iter()
             .zip(states)
-            .map(|(m, s)| Segment::new(m.host, m.image, m.page_size, Arc::new(StateArray::from_states(s))))
+            .map(|(m, s)| {
+                Segment::new(
+                    m.host,
+                    m.image,
+                    m.page_size,
+                    Arc::new(StateArray::from_states(s)),
+                )
+            })
             .collect();
         let id = self.shared.new_id();
         let space = Arc::new(Space::new(
@@ -454,7 +475,11 @@ impl FaultServer {
     /// [`wait_populated`](Self::wait_populated) said so). The server then
     /// closes its userfaultfd; a [`ServerEvent::Gone`] follows.
     pub fn remove_space(&self, id: SpaceId, unregister: bool) {
-        if self.control_tx.send(Control::Remove { id, unregister }).is_ok() {
+        if self
+            .control_tx
+            .send(Control::Remove { id, unregister })
+            .is_ok()
+        {
             self.shared.wakeup.wake();
         }
     }
@@ -465,7 +490,10 @@ impl FaultServer {
     /// [`wait_populated`](Self::wait_populated).
     pub fn populate(&self) {
         for space in self.shared.registry.snapshot().iter() {
-            if !space.is_gone() && space.prefetch_done.load(Ordering::Acquire) && space.remaining() > 0 {
+            if !space.is_gone()
+                && space.prefetch_done.load(Ordering::Acquire)
+                && space.remaining() > 0
+            {
                 space.prefetch_done.store(false, Ordering::Release);
                 self.shared.set_unpopulated();
                 self.shared.prefetcher.add_pass(Arc::clone(space), true);

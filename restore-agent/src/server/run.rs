@@ -113,7 +113,9 @@ impl Local {
 pub(super) fn janitor(shared: &Shared, rx: &crossbeam_channel::Receiver<Local>) {
     while let Ok(local) = rx.recv() {
         let space = Arc::clone(&local.space);
-        shared.registry.update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
+        shared
+            .registry
+            .update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
         drop(local);
     }
 }
@@ -249,9 +251,15 @@ impl Server {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        let retrying = self.spaces.iter().any(|l| l.needs_read || !l.queue.is_empty());
+        let retrying = self
+            .spaces
+            .iter()
+            .any(|l| l.needs_read || !l.queue.is_empty());
         if retrying {
-            let sleepy = self.spaces.iter().all(|l| l.again >= AGAIN_SPINS || !l.needs_read);
+            let sleepy = self
+                .spaces
+                .iter()
+                .all(|l| l.again >= AGAIN_SPINS || !l.needs_read);
             return Some(if sleepy {
                 rustix::time::Timespec {
                     tv_sec: 0,
@@ -392,7 +400,8 @@ impl Server {
                             // wake it; its thread faults again later.
                             counters.wake_ioctls.inc();
                             let page = rustix::param::page_size() as u64;
-                            let _ = uffd::wake(space.fd(), Range::new(pf.address & !(page - 1), page));
+                            let _ =
+                                uffd::wake(space.fd(), Range::new(pf.address & !(page - 1), page));
                         }
                     }
                     Ok(Event::Remove { start, end }) => {
@@ -572,23 +581,33 @@ impl Server {
         }) else {
             // States say image data but the image says otherwise: cannot
             // happen (states are computed from the image); never guess.
-            log::error!("{}: unit at {:#x} has no chunk in the image", space.id, seg.host_of(u));
+            log::error!(
+                "{}: unit at {:#x} has no chunk in the image",
+                space.id,
+                seg.host_of(u)
+            );
             return Outcome::Failed;
         };
         if let Some(r) = recorder {
             r.record(chunk);
         }
-        let bytes = match env.cache.get(chunk, scratch, Use::Fault, counters) {
-            Ok(b) => b,
-            Err(_) => {
-                counters.fault_poison.inc();
-                return fill::poison_units(space, seg, u, u + 1, true, counters);
-            }
+        let Ok(bytes) = env.cache.get(chunk, scratch, Use::Fault, counters) else {
+            counters.fault_poison.inc();
+            return fill::poison_units(space, seg, u, u + 1, true, counters);
         };
         counters.fault_copy.inc();
         let unit = seg.unit as usize;
         let off = offset as usize;
-        let first = fill::copy_units(space, seg, u, u + 1, &bytes[off..off + unit], true, false, counters);
+        let first = fill::copy_units(
+            space,
+            seg,
+            u,
+            u + 1,
+            &bytes[off..off + unit],
+            true,
+            false,
+            counters,
+        );
         if first != Outcome::Done || policy == FaultPolicy::Page {
             return first;
         }
@@ -630,7 +649,10 @@ fn stray(env: &fill::Env, space: &Space, addr: u64, counters: &Counters) -> Outc
             Outcome::Gone
         }
         Err(e) => {
-            log::warn!("{}: stray fault at {addr:#x}: zero page failed: {e}", space.id);
+            log::warn!(
+                "{}: stray fault at {addr:#x}: zero page failed: {e}",
+                space.id
+            );
             Outcome::Failed
         }
     }
@@ -640,8 +662,22 @@ fn stray(env: &fill::Env, space: &Space, addr: u64, counters: &Counters) -> Outc
 /// (the page is there: wake), or the page was dropped without a REMOVE event
 /// (`MADV_FREE` reclaim, or a userfaultfd without `EVENT_REMOVE`): anonymous
 /// memory then reads as zeros.
-fn present(env: &fill::Env, space: &Space, seg: &Segment, u: usize, counters: &Counters) -> Outcome {
-    match fill::fill_zero(env, space, seg.host_of(u), seg.unit, seg.unit, true, counters) {
+fn present(
+    env: &fill::Env,
+    space: &Space,
+    seg: &Segment,
+    u: usize,
+    counters: &Counters,
+) -> Outcome {
+    match fill::fill_zero(
+        env,
+        space,
+        seg.host_of(u),
+        seg.unit,
+        seg.unit,
+        true,
+        counters,
+    ) {
         Ok(_) => Outcome::Done,
         Err(uffd::FillError::Exists) => {
             counters.eexist.inc();

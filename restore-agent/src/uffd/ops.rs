@@ -282,7 +282,9 @@ pub fn copy(fd: BorrowedFd<'_>, dst: u64, src: &[u8], mode: CopyMode) -> Result<
 pub fn target_alive(fd: BorrowedFd<'_>, probe: u64) -> io::Result<bool> {
     match sys::probe_copy(fd, probe) {
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
-        Err(e) if e.raw_os_error() == Some(libc::EBADF) || e.raw_os_error() == Some(libc::ENOTTY) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::EBADF) || e.raw_os_error() == Some(libc::ENOTTY) =>
+        {
             Err(e)
         }
         // EFAULT, ENOENT, EAGAIN (an event is pending), EINVAL (a hugetlbfs

@@ -57,7 +57,7 @@ fn fill_page(seed: u64, r: usize, p: usize, chunk_pages: usize, out: &mut [u8]) 
             }
         }
         _ => {
-            if mix(seed ^ 0x2e40 ^ ((r as u64) << 40) ^ p as u64) % 6 == 0 {
+            if mix(seed ^ 0x2e40 ^ ((r as u64) << 40) ^ p as u64).is_multiple_of(6) {
                 out.fill(0);
                 return;
             }
@@ -170,7 +170,9 @@ pub(crate) fn write_byte(addr: u64, b: u8) {
 
 /// Number of open file descriptors of this process.
 pub(crate) fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").expect("read /proc/self/fd").count()
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
 }
 
 /// Number of threads of this process.

@@ -63,7 +63,13 @@ pub(crate) fn start_target(
             if !map_fixed_anon(m.host, m.len) {
                 return 91;
             }
-            if register(uffd.as_fd(), Range::new(m.host, m.len), RegisterMode::MISSING).is_err() {
+            if register(
+                uffd.as_fd(),
+                Range::new(m.host, m.len),
+                RegisterMode::MISSING,
+            )
+            .is_err()
+            {
                 return 92;
             }
         }
@@ -177,7 +183,13 @@ pub(crate) fn dontneed(addr: u64, len: u64) -> bool {
 
 /// `mremap(MREMAP_MAYMOVE | MREMAP_FIXED [| MREMAP_DONTUNMAP])`. No
 /// allocation.
-pub(crate) fn mremap_fixed(from: u64, old_len: u64, new_len: u64, to: u64, dontunmap: bool) -> bool {
+pub(crate) fn mremap_fixed(
+    from: u64,
+    old_len: u64,
+    new_len: u64,
+    to: u64,
+    dontunmap: bool,
+) -> bool {
     let mut flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
     if dontunmap {
         flags |= libc::MREMAP_DONTUNMAP;
@@ -206,5 +218,10 @@ pub(crate) fn unmap(addr: u64, len: u64) -> bool {
 
 /// Registers `addr..addr + len` with the target's userfaultfd.
 pub(crate) fn register_more(ctx: &TargetCtx<'_>, addr: u64, len: u64) -> bool {
-    register(ctx.uffd.as_fd(), Range::new(addr, len), RegisterMode::MISSING).is_ok()
+    register(
+        ctx.uffd.as_fd(),
+        Range::new(addr, len),
+        RegisterMode::MISSING,
+    )
+    .is_ok()
 }
