@@ -163,9 +163,17 @@ impl Prefetcher {
         let shared = Arc::new(shared);
         let (feed, rx) = crossbeam_channel::bounded(FEED_CAPACITY);
         let s = Arc::clone(&shared);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let feeder = std::thread::Builder::new()
             .name("lazarus-prefetch".into())
-            .spawn(move || feeder(&s, &rx))?;
+            .spawn(move || {
+                prime_blocking_recv(&rx);
+                let _ = ready_tx.send(());
+                feeder(&s, &rx);
+            })?;
+        // Return once the thread runs (its start allocates; see
+        // `server/run.rs` on allocations and fork).
+        let _ = ready_rx.recv();
         Ok(Self {
             shared,
             feed,
@@ -224,6 +232,17 @@ impl Prefetcher {
         {
             log::error!("the prefetch feeder panicked");
         }
+    }
+}
+
+/// Blocks once briefly on `rx`, so that the allocations crossbeam makes the
+/// first time a thread blocks (its thread-local wait context, the channel's
+/// waiter list) happen now, during start-up, rather than later at a moment
+/// when the process may be forking (see `server/run.rs`).
+pub(crate) fn prime_blocking_recv<T>(rx: &Receiver<T>) {
+    if let Ok(unexpected) = rx.recv_timeout(Duration::from_millis(1)) {
+        // Nobody sends before start-up is over.
+        drop(unexpected);
     }
 }
 

@@ -383,10 +383,12 @@ impl FaultServer {
         });
         let (janitor_tx, janitor_rx) = crossbeam_channel::bounded(run::JANITOR_CAPACITY);
         let registry_owner = Arc::clone(&shared);
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let janitor = std::thread::Builder::new()
             .name("lazarus-janitor".into())
-            .spawn(move || run::janitor(&registry_owner, &janitor_rx))
+            .spawn(move || run::janitor(&registry_owner, &janitor_rx, &ready_tx))
             .map_err(ServerError::Start)?;
+        let _ = ready_rx.recv();
         let server =
             run::Server::new(Arc::clone(&shared), janitor_tx).map_err(ServerError::Start)?;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);

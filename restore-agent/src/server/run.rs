@@ -110,7 +110,13 @@ impl Local {
 
 /// Frees spaces that are gone (off the server thread), and drops them from
 /// the registry.
-pub(super) fn janitor(shared: &Shared, rx: &crossbeam_channel::Receiver<Local>) {
+pub(super) fn janitor(
+    shared: &Shared,
+    rx: &crossbeam_channel::Receiver<Local>,
+    ready: &crossbeam_channel::Sender<()>,
+) {
+    crate::prefetch::prime_blocking_recv(rx);
+    let _ = ready.send(());
     while let Ok(local) = rx.recv() {
         let space = Arc::clone(&local.space);
         shared

@@ -55,6 +55,12 @@ pub(crate) fn start_target(
     scenario: impl FnOnce(&TargetCtx<'_>) -> i32,
 ) -> Target {
     let (ours, theirs) = socket_pair();
+    rustix::net::sockopt::set_socket_timeout(
+        &ours,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(TIMEOUT),
+    )
+    .expect("socket timeout");
     let child = fork_child(|| {
         let Ok(uffd) = Userfaultfd::open(&OpenOptions::new(), target_features()) else {
             return 90;
