@@ -108,8 +108,9 @@ impl Local {
     }
 }
 
-/// Frees spaces that are gone (off the server thread), and drops them from
-/// the registry.
+/// The janitor thread: first warms the chunk cache's memory, then frees
+/// spaces that are gone (off the server thread) and drops them from the
+/// registry.
 pub(super) fn janitor(
     shared: &Shared,
     rx: &crossbeam_channel::Receiver<Local>,
@@ -117,6 +118,7 @@ pub(super) fn janitor(
 ) {
     crate::prefetch::prime_blocking_recv(rx);
     let _ = ready.send(());
+    shared.env.cache.pretouch();
     while let Ok(local) = rx.recv() {
         let space = Arc::clone(&local.space);
         shared
