@@ -332,6 +332,9 @@ pub struct Stats {
     pub population: PopulationStats,
     /// Working set.
     pub working_set: WorkingSetStats,
+    /// Server events dropped because nobody read them (see
+    /// `FaultServer::events`).
+    pub notifications_dropped: u64,
 }
 
 impl Stats {

@@ -11,11 +11,12 @@ mod support;
 
 use std::time::Duration;
 
-use restore_agent::{FaultPolicy, FaultServer, Mapping, ServerEvent, ServerOptions};
+use restore_agent::uffd::Features;
+use restore_agent::{FaultPolicy, FaultServer, HUGE_PAGE_2M, Mapping, ServerEvent, ServerOptions};
 use support::image::{PAGE, RegionSpec, TestImage, mem_equals, mem_is_zero, mix, write_byte};
 use support::target::{
-    Reservation, dontneed, map_fixed_anon, mremap_fixed, register_more, start_target, unmap,
-    wait_gone,
+    Reservation, Setup, dontneed, map_fixed_anon, mremap_fixed, register_more, start_target,
+    start_target_with, unmap, wait_gone,
 };
 use support::{TIMEOUT, fork_child};
 
@@ -452,4 +453,86 @@ fn stress_fork_remove_remap_unmap_with_prefetch_repeated() {
     );
     assert_eq!(s.faults.unserved, 0, "{s:?}");
     server.stop().expect("stop");
+}
+
+#[test]
+fn once_populated_the_ranges_are_unregistered_and_the_process_goes_on_alone() {
+    const PAGES: usize = 1024;
+    let img = one_region(PAGES, 64 * 1024, 37);
+    let server = server(&img, 2, FaultPolicy::Page);
+    let res = Reservation::new(PAGES as u64 * P);
+    let base = res.addr;
+    let want = &img.bytes[0];
+    let t = start_target(&server, &[Mapping::new(base, 0, PAGES as u64 * P)], |ctx| {
+        // Wait until the server is gone, then read everything: no fault may
+        // need it any more.
+        let mut go = [0u8; 1];
+        if !matches!(rustix::io::read(ctx.sock, &mut go), Ok(1)) {
+            return 2;
+        }
+        if !mem_equals(base, want) {
+            return 3;
+        }
+        // Unregistered: dropping a page raises no event (which nobody would
+        // read now: madvise would block forever) and it reads zeros.
+        if !dontneed(base, P) || !mem_is_zero(base, PAGE) {
+            return 4;
+        }
+        0
+    });
+    assert!(server.wait_populated(TIMEOUT), "{:?}", server.stats());
+    let faults = server.stats().faults.total;
+    server.remove_space(t.space, true);
+    wait_gone(&server.events(), t.space);
+    server.stop().expect("stop");
+    rustix::io::write(&t.sock, b"g").expect("tell the target");
+    t.finish("alone", TIMEOUT);
+    assert_eq!(faults, 0, "the target touched nothing before population");
+}
+
+#[test]
+fn hugetlb_guest_memory_with_only_remove_events_is_served_in_huge_pages() {
+    // As `lazarus serve` gets it from a VMM: the VMM's userfaultfd, with
+    // only EVENT_REMOVE, over guest memory on 2 MiB hugetlbfs pages, given
+    // as base address + size + offset into the image's one region.
+    let Some(_huge) = support::hugepages::reserve(8) else {
+        eprintln!("skipped: cannot reserve 2 MiB huge pages");
+        return;
+    };
+    const HUGE: u64 = HUGE_PAGE_2M;
+    let img = one_region(4 * HUGE as usize / PAGE, 64 * 1024, 41);
+    for workers in [0, 1] {
+        let server = server(&img, workers, FaultPolicy::Page);
+        let res = Reservation::new(4 * HUGE);
+        let base = res.addr.next_multiple_of(HUGE);
+        let want = &img.bytes[0];
+        // Guest memory: the image's second and third huge pages, then the
+        // first (two guest regions, offsets into the file).
+        let maps = [
+            Mapping::new(base, HUGE, 2 * HUGE).with_page_size(HUGE),
+            Mapping::new(base + 2 * HUGE, 0, HUGE).with_page_size(HUGE),
+        ];
+        let setup = Setup {
+            features: Features::EVENT_REMOVE,
+            huge: true,
+        };
+        let t = start_target_with(&server, &maps, setup, |_| {
+            let h = HUGE as usize;
+            if !mem_equals(base, &want[h..3 * h]) || !mem_equals(base + 2 * HUGE, &want[..h]) {
+                return 2;
+            }
+            // A balloon takes a huge page back: it reads zeros afterwards.
+            if !dontneed(base + HUGE, HUGE) || !mem_is_zero(base + HUGE, h) {
+                return 3;
+            }
+            0
+        });
+        t.finish("hugetlb guest", TIMEOUT);
+        let s = server.stats();
+        assert_eq!(s.events.remove, 1, "{s:?}");
+        if workers == 0 {
+            assert!(s.faults.total <= 4, "one fault per huge page: {s:?}");
+        }
+        server.stop().expect("stop");
+    }
 }

@@ -588,6 +588,7 @@ impl FaultServer {
                 .sum();
         }
         s.spaces.gone = self.shared.gone.load(Ordering::Relaxed);
+        s.notifications_dropped = self.shared.events_dropped.load(Ordering::Relaxed);
         {
             let pop = self
                 .shared

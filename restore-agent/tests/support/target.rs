@@ -47,11 +47,39 @@ pub(crate) struct Target {
     pub(crate) space: SpaceId,
 }
 
+/// How a target sets its memory up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Setup {
+    /// Its userfaultfd's features.
+    pub(crate) features: Features,
+    /// Map its ranges on hugetlbfs (2 MiB pages).
+    pub(crate) huge: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            features: target_features(),
+            huge: false,
+        }
+    }
+}
+
 /// Forks a target serving `maps` (their host ranges must lie in address
 /// space the test reserved) and adds it to `server`.
 pub(crate) fn start_target(
     server: &FaultServer,
     maps: &[Mapping],
+    scenario: impl FnOnce(&TargetCtx<'_>) -> i32,
+) -> Target {
+    start_target_with(server, maps, Setup::default(), scenario)
+}
+
+/// [`start_target`] with another setup.
+pub(crate) fn start_target_with(
+    server: &FaultServer,
+    maps: &[Mapping],
+    setup: Setup,
     scenario: impl FnOnce(&TargetCtx<'_>) -> i32,
 ) -> Target {
     let (ours, theirs) = socket_pair();
@@ -62,11 +90,16 @@ pub(crate) fn start_target(
     )
     .expect("socket timeout");
     let child = fork_child(|| {
-        let Ok(uffd) = Userfaultfd::open(&OpenOptions::new(), target_features()) else {
+        let Ok(uffd) = Userfaultfd::open(&OpenOptions::new(), setup.features) else {
             return 90;
         };
         for m in maps {
-            if !map_fixed_anon(m.host, m.len) {
+            let mapped = if setup.huge {
+                map_fixed_huge(m.host, m.len)
+            } else {
+                map_fixed_anon(m.host, m.len)
+            };
+            if !mapped {
                 return 91;
             }
             if register(
@@ -93,7 +126,7 @@ pub(crate) fn start_target(
     });
     drop(theirs);
     let fd = recv_fd(ours.as_fd()).expect("the target sends its userfaultfd");
-    let uffd = Userfaultfd::adopt(fd, target_features()).expect("adopt the target's userfaultfd");
+    let uffd = Userfaultfd::adopt(fd, setup.features).expect("adopt the target's userfaultfd");
     let space = server.add_space(uffd, maps).expect("serve the target");
     rustix::io::write(&ours, b"g").expect("tell the target to go");
     Target {
@@ -173,6 +206,29 @@ pub(crate) fn map_fixed_anon(addr: u64, len: u64) -> bool {
             len as usize,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    ret as u64 == addr
+}
+
+/// `mmap(MAP_FIXED | MAP_HUGETLB)` of fresh 2 MiB hugetlbfs pages at `addr`
+/// (2 MiB aligned). No allocation.
+pub(crate) fn map_fixed_huge(addr: u64, len: u64) -> bool {
+    // SAFETY: as for `map_fixed_anon`: the target's own copy of a
+    // reservation, which no Rust code refers to.
+    let ret = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE
+                | libc::MAP_ANONYMOUS
+                | libc::MAP_FIXED
+                | libc::MAP_NORESERVE
+                | libc::MAP_HUGETLB
+                | libc::MAP_HUGE_2MB,
             -1,
             0,
         )
