@@ -3,7 +3,7 @@
 //!
 //! The fault thread records each chunk the first time a fault needs its
 //! bytes (prefetched chunks are not faults and are not recorded), into a
-//! [`Recorder`]: a preallocated, lock-free, append-only log with a single
+//! `Recorder`: a preallocated, lock-free, append-only log with a single
 //! writer. [`WorkingSet::save`] writes the order beside the image
 //! (`IMG.ws` by default: the image path with `.ws` appended), atomically (a
 //! temporary file renamed into place); the next restore loads it and its
