@@ -597,6 +597,7 @@ impl Worker<'_> {
                 if !again {
                     break;
                 }
+                drop(table);
                 drop(_inside);
                 self.after_again();
             }
@@ -630,6 +631,7 @@ impl Worker<'_> {
             }
             match fill::zero_units(&env, space, s, u0, u1, true, &self.filler.counters) {
                 Outcome::Again => {
+                    drop(table);
                     drop(_inside);
                     self.after_again();
                 }

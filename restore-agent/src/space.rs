@@ -22,11 +22,14 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+
+use crossbeam_channel::Sender;
 
 use serde::Serialize;
 
 use crate::gate::Gate;
+use crate::server::Garbage;
 use crate::state::PageState;
 use crate::table::{Segment, Table};
 use crate::uffd::{Features, Userfaultfd};
@@ -79,7 +82,9 @@ pub(crate) struct Space {
     /// Always `Some` until drop (see [`Space::fail_closed`]).
     uffd: Option<Userfaultfd>,
     pub(crate) gate: Gate,
-    table: RwLock<Arc<Table>>,
+    /// Read by workers inside the gate and by the server thread; written
+    /// only by the server thread with the gate closed, so never contended.
+    table: RwLock<Table>,
     /// Bumped each time the table is replaced.
     table_gen: AtomicU64,
     /// Units in `Snapshot` state.
@@ -93,6 +98,8 @@ pub(crate) struct Space {
     /// A registered address, for liveness probes.
     probe_addr: u64,
     wakeup: Arc<Wakeup>,
+    /// Where segments cut out by events go to be freed.
+    janitor: Sender<Garbage>,
 }
 
 impl Space {
@@ -102,13 +109,14 @@ impl Space {
         table: Table,
         snapshot_units: u64,
         wakeup: Arc<Wakeup>,
+        janitor: Sender<Garbage>,
     ) -> Self {
         let probe_addr = table.segments().first().map_or(0, |s| s.host);
         Self {
             id,
             uffd: Some(uffd),
             gate: Gate::default(),
-            table: RwLock::new(Arc::new(table)),
+            table: RwLock::new(table),
             table_gen: AtomicU64::new(0),
             remaining: AtomicU64::new(snapshot_units),
             gone: AtomicBool::new(false),
@@ -116,6 +124,7 @@ impl Space {
             leak_fd: AtomicBool::new(false),
             probe_addr,
             wakeup,
+            janitor,
         }
     }
 
@@ -136,10 +145,11 @@ impl Space {
         self.uffd().features()
     }
 
-    /// The current table. Workers call this only inside the gate, the server
-    /// thread at any time (it is the only writer).
-    pub(crate) fn table(&self) -> Arc<Table> {
-        Arc::clone(&self.table.read().unwrap_or_else(PoisonError::into_inner))
+    /// The current table. Workers hold it only inside the gate (and drop it
+    /// before they leave); the server thread at any time (it is the only
+    /// writer).
+    pub(crate) fn table(&self) -> RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The table generation (changes whenever the table is replaced).
@@ -147,9 +157,24 @@ impl Space {
         self.table_gen.load(Ordering::Acquire)
     }
 
-    fn set_table(&self, table: Table) {
-        *self.table.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+    /// Changes the table in place (server thread, gate closed) without
+    /// allocating: cut-out segments go to the janitor (see `table.rs`).
+    fn edit_table(&self, edit: impl FnOnce(&mut Table, &mut dyn FnMut(Segment))) {
+        let mut forgotten = 0;
+        {
+            let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
+            let mut dropped = |s: Segment| {
+                forgotten += s.count(0, s.units(), PageState::Snapshot);
+                if let Err(e) = self.janitor.try_send(Garbage::Segment(s)) {
+                    // The janitor is behind: free it here.
+                    drop(e.into_inner());
+                }
+            };
+            edit(&mut table, &mut dropped);
+            table.top_up();
+        }
         self.table_gen.fetch_add(1, Ordering::AcqRel);
+        self.units_done(forgotten);
     }
 
     /// Units still in `Snapshot` state.
@@ -234,30 +259,27 @@ impl Space {
 
     /// UNMAP: forget `[start, end)`.
     pub(crate) fn apply_unmap(&self, start: u64, end: u64) {
-        let (table, removed) = self.table().without(start, end);
-        self.forget(&removed);
-        self.set_table(table);
+        self.edit_table(|t, dropped| t.remove(start, end, dropped));
     }
 
     /// REMAP: `[from, from + len)` moved to `to`.
     pub(crate) fn apply_remap(&self, from: u64, to: u64, len: u64) {
-        let (table, dropped) = self.table().remapped(from, to, len);
-        self.forget(&dropped);
-        self.set_table(table);
-    }
-
-    fn forget(&self, segments: &[Segment]) {
-        let n = segments
-            .iter()
-            .map(|s| s.count(0, s.units(), PageState::Snapshot))
-            .sum();
-        self.units_done(n);
+        self.edit_table(|t, dropped| t.remap(from, to, len, dropped));
     }
 
     /// FORK: the child's space, with a copy of this one's table and states.
+    /// (Allocates: called right after the FORK event was read, when that is
+    /// safe; see `server/run.rs`.)
     pub(crate) fn fork(&self, id: SpaceId, uffd: Userfaultfd) -> Self {
         let (table, snapshot) = self.table().deep_copy();
-        Self::new(id, uffd, table, snapshot, Arc::clone(&self.wakeup))
+        Self::new(
+            id,
+            uffd,
+            table,
+            snapshot,
+            Arc::clone(&self.wakeup),
+            self.janitor.clone(),
+        )
     }
 }
 

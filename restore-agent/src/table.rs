@@ -11,10 +11,14 @@
 //!             address, for prefetch            mremap or munmap)
 //! ```
 //!
-//! A table is immutable once built and shared as `Arc<Table>`: events (which
-//! only the reader of the userfaultfd applies, gate closed) build a new one,
-//! which is cheap (segments are small; the state arrays are shared, not
-//! copied) and happens off the fault path.
+//! Events change a table in place. Only the reader of the userfaultfd applies
+//! them, with the gate closed (no worker is looking), and *without
+//! allocating*: both vectors keep spare capacity (a split adds at most two
+//! segments; capacity is topped up after each event, which allocates only
+//! once the spare room is used up), sorting is in place, and segments cut
+//! out are handed to the caller (who gives them to the janitor thread to
+//! free: see `server/run.rs` on why the server thread must not allocate or
+//! free between reads).
 //!
 //! - UNMAP: the range is cut out; the states of the cut units are orphaned.
 //! - REMAP (`mremap`): the moved part is cut out and re-inserted at its new
@@ -154,8 +158,11 @@ impl Segment {
     }
 }
 
+/// Spare segment slots a table keeps (each event splits at most two).
+const SPARE_SEGMENTS: usize = 16;
+
 /// The segments of one address space (see the module docs).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Table {
     by_host: Vec<Segment>,
     by_image: Vec<u32>,
@@ -165,13 +172,13 @@ impl Table {
     /// A table of `segments` (host ranges must not overlap).
     pub(crate) fn new(mut segments: Vec<Segment>) -> Self {
         segments.retain(|s| s.len > 0);
-        segments.sort_by_key(|s| s.host);
-        let mut by_image: Vec<u32> = (0..segments.len() as u32).collect();
-        by_image.sort_by_key(|&i| segments[i as usize].image);
-        Self {
+        let mut t = Self {
             by_host: segments,
-            by_image,
-        }
+            by_image: Vec::new(),
+        };
+        t.top_up();
+        t.reindex();
+        t
     }
 
     /// All segments, by host address.
@@ -200,64 +207,87 @@ impl Table {
         }
     }
 
-    /// Splits every segment that strictly contains host address `addr`
-    /// (rounded to its unit) in two.
-    fn cut_at(segments: &mut Vec<Segment>, addr: u64) {
-        if let Some(i) = segments
+    /// Makes sure an event can be applied without allocating (call after
+    /// each event; allocates only when the spare room is used up).
+    pub(crate) fn top_up(&mut self) {
+        let want = self.by_host.len() + SPARE_SEGMENTS;
+        if self.by_host.capacity() < want {
+            self.by_host.reserve(want * 2 - self.by_host.len());
+        }
+        if self.by_image.capacity() < self.by_host.capacity() {
+            self.by_image
+                .reserve(self.by_host.capacity() - self.by_image.len());
+        }
+    }
+
+    /// Sorts by host address and rebuilds the image index, in place.
+    fn reindex(&mut self) {
+        self.by_host.sort_unstable_by_key(|s| s.host);
+        self.by_image.clear();
+        self.by_image.extend(0..self.by_host.len() as u32);
+        let segs = &self.by_host;
+        self.by_image
+            .sort_unstable_by_key(|&i| segs[i as usize].image);
+    }
+
+    /// Splits the segment that strictly contains host address `addr`
+    /// (rounded down to its unit) in two.
+    fn cut_at(&mut self, addr: u64) {
+        if let Some(i) = self
+            .by_host
             .iter()
             .position(|s| s.host < addr && addr < s.end())
         {
-            let s = segments[i].clone();
+            let s = &self.by_host[i];
             let at = s.round_down(addr) - s.host;
             if at == 0 {
                 return;
             }
-            segments[i] = s.part(0, at);
-            segments.push(s.part(at, s.len - at));
+            let (head, tail) = (s.part(0, at), s.part(at, s.len - at));
+            self.by_host[i] = head;
+            self.by_host.push(tail);
         }
     }
 
-    /// The table without host range `[start, end)` (UNMAP), and the parts
-    /// cut out. Partial units at the edges are cut out entirely (the kernel
-    /// never unmaps part of a huge page; for base pages there are none).
-    pub(crate) fn without(&self, start: u64, end: u64) -> (Self, Vec<Segment>) {
-        let mut segments = self.by_host.clone();
+    /// Cuts host range `[start, end)` out (UNMAP), handing each part cut
+    /// out to `dropped`. Partial units at the edges are cut out entirely
+    /// (the kernel never unmaps part of a huge page; for base pages there
+    /// are none).
+    pub(crate) fn remove(&mut self, start: u64, end: u64, mut dropped: impl FnMut(Segment)) {
         let (start, end) = self.round_out(start, end);
-        Self::cut_at(&mut segments, start);
-        Self::cut_at(&mut segments, end);
-        let (removed, kept) = segments
-            .into_iter()
-            .partition(|s| s.host >= start && s.end() <= end);
-        (Self::new(kept), removed)
+        self.cut_at(start);
+        self.cut_at(end);
+        for s in self
+            .by_host
+            .extract_if(.., |s| s.host >= start && s.end() <= end)
+        {
+            dropped(s);
+        }
+        self.reindex();
     }
 
-    /// The table after `mremap` moved host range `[from, from + len)` to
-    /// `to` (REMAP): whatever the table had at the destination is dropped
-    /// (returned, as for [`without`](Self::without)); the moved segments keep
-    /// their image addresses and states.
-    pub(crate) fn remapped(&self, from: u64, to: u64, len: u64) -> (Self, Vec<Segment>) {
-        let (cleared, mut dropped) = self.without(to, to.saturating_add(len));
-        let mut segments = cleared.by_host;
-        Self::cut_at(&mut segments, from);
-        Self::cut_at(&mut segments, from.saturating_add(len));
+    /// `mremap` moved host range `[from, from + len)` to `to` (REMAP):
+    /// whatever the table had at the destination is cut out (handed to
+    /// `dropped`); the moved segments keep their image addresses and states.
+    pub(crate) fn remap(&mut self, from: u64, to: u64, len: u64, mut dropped: impl FnMut(Segment)) {
+        self.remove(to, to.saturating_add(len), &mut dropped);
         let end = from.saturating_add(len);
-        for s in &mut segments {
+        self.cut_at(from);
+        self.cut_at(end);
+        for s in &mut self.by_host {
             if s.host >= from && s.end() <= end {
                 s.host = s.host - from + to;
             }
         }
-        // A destination overlapping the source is impossible for mremap
-        // (EINVAL); keep the table consistent anyway.
-        let table = Self::new(segments);
-        if table.has_overlap() {
+        self.reindex();
+        if self.has_overlap() {
+            // A destination overlapping the source is impossible for mremap
+            // (EINVAL); keep the table consistent anyway.
             log::error!(
                 "REMAP {from:#x} -> {to:#x} (+{len:#x}) made segments overlap; dropping them"
             );
-            let (fixed, more) = table.without(to, to.saturating_add(len));
-            dropped.extend(more);
-            return (fixed, dropped);
+            self.remove(to, to.saturating_add(len), dropped);
         }
-        (table, dropped)
     }
 
     /// A copy with its own states (for a forked child), and its number of
@@ -334,6 +364,10 @@ mod tests {
             .collect()
     }
 
+    fn layout_of(v: &[Segment]) -> Vec<(u64, u64, u64)> {
+        v.iter().map(|s| (s.host, s.len, s.image)).collect()
+    }
+
     #[test]
     fn find_and_image_pieces() {
         let t = Table::new(vec![seg(0x10000, 0x0, 4), seg(0x1000, 0x8000, 2)]);
@@ -352,29 +386,29 @@ mod tests {
 
     #[test]
     fn unmap_cuts_out_a_middle_part_and_keeps_states() {
-        let t = Table::new(vec![seg(0x10000, 0, 8)]);
-        let (t2, removed) = t.without(0x12000, 0x14000);
+        let mut t = Table::new(vec![seg(0x10000, 0, 8)]);
+        let mut removed = Vec::new();
+        t.remove(0x12000, 0x14000, |s| removed.push(s));
         assert_eq!(
-            layout(&t2),
+            layout(&t),
             vec![(0x10000, 0x2000, 0), (0x14000, 0x4000, 0x4000)]
         );
-        assert_eq!(
-            layout(&Table::new(removed)),
-            vec![(0x12000, 0x2000, 0x2000)]
-        );
-        let tail = &t2.segments()[1];
+        assert_eq!(layout_of(&removed), vec![(0x12000, 0x2000, 0x2000)]);
+        let tail = &t.segments()[1];
         assert_eq!(tail.state(0), PageState::Snapshot, "unit 4 of the original");
         assert_eq!(tail.state(1), PageState::Zero);
     }
 
     #[test]
     fn remap_moves_state_with_the_range() {
-        let t = Table::new(vec![seg(0x10000, 0, 8), seg(0x40000, 0x9000, 2)]);
+        let mut t = Table::new(vec![seg(0x10000, 0, 8), seg(0x40000, 0x9000, 2)]);
+        let old = t.find(0x12000).expect("seg").clone();
         // Partial move of units 2..4 to 0x80000.
-        let (t2, dropped) = t.remapped(0x12000, 0x80000, 0x2000);
+        let mut dropped = Vec::new();
+        t.remap(0x12000, 0x80000, 0x2000, |s| dropped.push(s));
         assert!(dropped.is_empty());
         assert_eq!(
-            layout(&t2),
+            layout(&t),
             vec![
                 (0x10000, 0x2000, 0),
                 (0x14000, 0x4000, 0x4000),
@@ -382,20 +416,30 @@ mod tests {
                 (0x80000, 0x2000, 0x2000),
             ]
         );
-        let moved = t2.find(0x80000).expect("moved");
+        let moved = t.find(0x80000).expect("moved");
         assert_eq!(moved.state(0), PageState::Snapshot);
         moved.replace(0, PageState::Served);
-        // Shared array: the old table sees the change too (same pages).
-        assert_eq!(t.find(0x12000).expect("old").state(2), PageState::Served);
+        // Shared states: the segment as it was sees the change (same pages).
+        assert_eq!(old.state(2), PageState::Served);
 
         // Onto an existing segment: its old content is dropped.
-        let (t3, dropped) = t2.remapped(0x80000, 0x40000, 0x2000);
-        assert_eq!(
-            layout(&Table::new(dropped)),
-            vec![(0x40000, 0x2000, 0x9000)]
-        );
-        assert_eq!(t3.find(0x40000).map(|s| s.image), Some(0x2000));
-        assert!(t3.find(0x80000).is_none());
+        t.remap(0x80000, 0x40000, 0x2000, |s| dropped.push(s));
+        assert_eq!(layout_of(&dropped), vec![(0x40000, 0x2000, 0x9000)]);
+        assert_eq!(t.find(0x40000).map(|s| s.image), Some(0x2000));
+        assert!(t.find(0x80000).is_none());
+    }
+
+    #[test]
+    fn events_within_the_spare_room_do_not_allocate() {
+        let mut t = Table::new(vec![seg(0x10000, 0, 64)]);
+        let (cap, icap) = (t.by_host.capacity(), t.by_image.capacity());
+        for k in 0..4u64 {
+            t.remove(0x10000 + (2 + 4 * k) * P, 0x10000 + (3 + 4 * k) * P, drop);
+            t.remap(0x10000 + (4 * k) * P, 0x100000 + k * P, P, drop);
+        }
+        assert_eq!((t.by_host.capacity(), t.by_image.capacity()), (cap, icap));
+        t.top_up();
+        assert!(t.by_host.capacity() >= t.by_host.len() + SPARE_SEGMENTS);
     }
 
     #[test]
@@ -413,9 +457,10 @@ mod tests {
     #[test]
     fn huge_units_round_outward_on_unmap() {
         let states = Arc::new(StateArray::from_states([PageState::Snapshot; 4]));
-        let t = Table::new(vec![Segment::new(0x40_0000, 0, 0x20_0000, states)]);
-        let (t2, removed) = t.without(0x40_1000, 0x60_1000);
-        assert_eq!(removed.iter().map(|s| s.len).sum::<u64>(), 0x40_0000);
-        assert_eq!(layout(&t2), vec![(0x80_0000, 0x40_0000, 0x40_0000)]);
+        let mut t = Table::new(vec![Segment::new(0x40_0000, 0, 0x20_0000, states)]);
+        let mut removed = 0;
+        t.remove(0x40_1000, 0x60_1000, |s| removed += s.len);
+        assert_eq!(removed, 0x40_0000);
+        assert_eq!(layout(&t), vec![(0x80_0000, 0x40_0000, 0x40_0000)]);
     }
 }

@@ -66,6 +66,8 @@
 
 mod run;
 
+pub(crate) use run::Garbage;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -261,6 +263,8 @@ pub(crate) struct Shared {
     pub(crate) busy: Arc<AtomicBool>,
     pub(crate) prefetcher: Prefetcher,
     pub(crate) crashed: AtomicBool,
+    /// The janitor thread's queue (see `run.rs`).
+    pub(crate) janitor: Sender<Garbage>,
 }
 
 impl Shared {
@@ -356,6 +360,7 @@ impl FaultServer {
             running: AtomicBool::new(false),
         })
         .map_err(ServerError::Start)?;
+        let (janitor_tx, janitor_rx) = crossbeam_channel::bounded(run::JANITOR_CAPACITY);
         let shared = Arc::new(Shared {
             env,
             opts,
@@ -380,8 +385,8 @@ impl FaultServer {
             busy,
             prefetcher,
             crashed: AtomicBool::new(false),
+            janitor: janitor_tx,
         });
-        let (janitor_tx, janitor_rx) = crossbeam_channel::bounded(run::JANITOR_CAPACITY);
         let registry_owner = Arc::clone(&shared);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let janitor = std::thread::Builder::new()
@@ -389,8 +394,7 @@ impl FaultServer {
             .spawn(move || run::janitor(&registry_owner, &janitor_rx, &ready_tx))
             .map_err(ServerError::Start)?;
         let _ = ready_rx.recv();
-        let server =
-            run::Server::new(Arc::clone(&shared), janitor_tx).map_err(ServerError::Start)?;
+        let server = run::Server::new(Arc::clone(&shared)).map_err(ServerError::Start)?;
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
             .name("lazarus-faults".into())
@@ -453,6 +457,7 @@ impl FaultServer {
             Table::new(segments),
             snapshot,
             Arc::clone(&self.shared.wakeup),
+            self.shared.janitor.clone(),
         ));
         // Everything the server thread needs is allocated here, in the
         // caller's thread (see `run.rs`).
@@ -651,6 +656,7 @@ impl FaultServer {
         let _ = self.control_tx.send(Control::Stop);
         self.shared.wakeup.wake();
         let joined = thread.join();
+        let _ = self.shared.janitor.send(Garbage::Stop);
         if let Some(janitor) = self.janitor.take()
             && janitor.join().is_err()
         {

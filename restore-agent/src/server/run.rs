@@ -7,9 +7,10 @@
 //! for a space, by the caller of `add_space` (its message buffer, and its
 //! fault queue: a `VecDeque` whose capacity is never exceeded; a fault that
 //! would not fit is woken instead and its thread faults again), the filler's
-//! decoder and buffers, the latency histograms. The table a fault looks up
-//! is the server's own `Arc` (replaced only when it applies an event), so a
-//! fault takes no lock besides its chunk's cache shard. This is checked by
+//! decoder and buffers, the latency histograms. A fault reads its space's
+//! table under a read lock nobody contends (workers read it too; only this
+//! thread writes it, with the gate closed), and its chunk's cache shard:
+//! no global lock. This is checked by
 //! reading the code path (`serve_queue` → `serve_fault` → `fill::*`,
 //! `ChunkCache::get`): no `Vec` growth, `Box`, `format!` or `String` outside
 //! error logging.
@@ -29,12 +30,12 @@
 //! takes is ever held by another thread while it allocates. Right after
 //! reading a FORK event the server does allocate (the child's copy of the
 //! states): that is safe, the forking thread is already released (and glibc
-//! serializes forks through those same locks). What still allocates between
-//! reads: applying REMAP and UNMAP (a new segment table) and logging on
-//! error paths; so an `mremap`/`munmap` of restored memory racing a `fork()`
-//! in another thread of an in-process restored program can still deadlock.
-//! A server in another process than its target (process restore, `serve`)
-//! is not concerned at all.
+//! serializes forks through those same locks). Events change segment tables
+//! in place within preallocated room, and the segments they cut out go to
+//! the janitor too (`table.rs`). What may still allocate between reads: a
+//! table whose spare room ran out (after many splits), more than
+//! `SPACES_RESERVED` spaces, and logging on error paths. A server in another
+//! process than its target (process restore, `serve`) is not concerned.
 
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
@@ -82,8 +83,6 @@ const SPACES_RESERVED: usize = 256;
 /// `add_space`, or by the server after a FORK).
 pub(crate) struct Local {
     space: Arc<Space>,
-    /// The current table (the server is its only writer).
-    table: Arc<Table>,
     msgs: MsgBuffer,
     queue: VecDeque<Pending>,
     /// Read again even without epoll readiness (after `EAGAIN`, or a full
@@ -97,7 +96,6 @@ impl Local {
     /// Allocates the buffers for serving `space`.
     pub(crate) fn new(space: Arc<Space>, batch: usize) -> Self {
         Self {
-            table: space.table(),
             msgs: MsgBuffer::new(batch),
             queue: VecDeque::with_capacity(QUEUE_CAP),
             // Faults may have queued before the fd was polled.
@@ -108,23 +106,39 @@ impl Local {
     }
 }
 
+/// What the janitor frees for the server thread.
+pub(crate) enum Garbage {
+    /// A space that is gone (also dropped from the registry).
+    Space(Local),
+    /// A segment cut out of a table by an event.
+    Segment(Segment),
+    /// End.
+    Stop,
+}
+
 /// The janitor thread: first warms the chunk cache's memory, then frees
-/// spaces that are gone (off the server thread) and drops them from the
-/// registry.
+/// what the server thread hands it (spaces that are gone, segments cut out
+/// of tables), so that the server thread never frees memory between reads.
 pub(super) fn janitor(
     shared: &Shared,
-    rx: &crossbeam_channel::Receiver<Local>,
+    rx: &crossbeam_channel::Receiver<Garbage>,
     ready: &crossbeam_channel::Sender<()>,
 ) {
     crate::prefetch::prime_blocking_recv(rx);
     let _ = ready.send(());
     shared.env.cache.pretouch();
-    while let Ok(local) = rx.recv() {
-        let space = Arc::clone(&local.space);
-        shared
-            .registry
-            .update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
-        drop(local);
+    while let Ok(garbage) = rx.recv() {
+        match garbage {
+            Garbage::Space(local) => {
+                let space = Arc::clone(&local.space);
+                shared
+                    .registry
+                    .update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
+                drop(local);
+            }
+            Garbage::Segment(segment) => drop(segment),
+            Garbage::Stop => return,
+        }
     }
 }
 
@@ -132,7 +146,6 @@ pub(super) struct Server {
     shared: Arc<Shared>,
     epoll: std::os::fd::OwnedFd,
     spaces: Vec<Local>,
-    janitor: crossbeam_channel::Sender<Local>,
     filler: Filler,
     latency: LatencyWriter,
     last_activity: Instant,
@@ -140,10 +153,7 @@ pub(super) struct Server {
 }
 
 impl Server {
-    pub(super) fn new(
-        shared: Arc<Shared>,
-        janitor: crossbeam_channel::Sender<Local>,
-    ) -> std::io::Result<Self> {
+    pub(super) fn new(shared: Arc<Shared>) -> std::io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &epoll,
@@ -164,7 +174,6 @@ impl Server {
             shared,
             epoll,
             spaces: Vec::with_capacity(SPACES_RESERVED),
-            janitor,
             filler,
             latency,
 
@@ -298,7 +307,7 @@ impl Server {
                 Control::Remove { id, unregister } => {
                     if let Some(l) = self.spaces.iter().find(|l| l.space.id == id) {
                         if unregister {
-                            unregister_all(&l.space, &l.table);
+                            unregister_all(&l.space, &l.space.table());
                         }
                         l.space.set_gone();
                         self.drop_space(id, GoneReason::Removed);
@@ -363,13 +372,14 @@ impl Server {
         let id = local.space.id;
         self.shared.gone.fetch_add(1, Ordering::Relaxed);
         self.shared.emit(ServerEvent::Gone { space: id, reason });
-        if let Err(e) = self.janitor.try_send(local) {
+        if let Err(e) = self.shared.janitor.try_send(Garbage::Space(local)) {
             // The janitor is behind (or gone): free it here.
-            let local = e.into_inner();
-            let space = Arc::clone(&local.space);
-            self.shared
-                .registry
-                .update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
+            if let Garbage::Space(local) = e.into_inner() {
+                let space = Arc::clone(&local.space);
+                self.shared
+                    .registry
+                    .update(|v| v.retain(|s| !Arc::ptr_eq(s, &space)));
+            }
         }
         log::debug!("{id}: gone ({reason:?})");
     }
@@ -393,7 +403,6 @@ impl Server {
                 }
             };
             let now = Instant::now();
-            let mut table_changed = false;
             for msg in l.msgs.drain() {
                 match msg {
                     Ok(Event::PageFault(pf)) => {
@@ -419,12 +428,10 @@ impl Server {
                     Ok(Event::Unmap { start, end }) => {
                         counters.events_unmap.inc();
                         space.apply_unmap(start, end);
-                        table_changed = true;
                     }
                     Ok(Event::Remap { from, to, len }) => {
                         counters.events_remap.inc();
                         space.apply_remap(from, to, len);
-                        table_changed = true;
                     }
                     Ok(Event::Fork { uffd: child }) => {
                         counters.events_fork.inc();
@@ -437,9 +444,6 @@ impl Server {
                         log::warn!("{}: {e}", space.id);
                     }
                 }
-            }
-            if table_changed {
-                l.table = space.table();
             }
             n
         };
@@ -477,8 +481,9 @@ impl Server {
                 self.spaces[i].queue.clear();
                 return;
             }
-            let table = Arc::clone(&self.spaces[i].table);
+            let table = space.table();
             let outcome = self.serve_fault(&space, &table, p.addr);
+            drop(table);
             let l = &mut self.spaces[i];
             match outcome {
                 Outcome::Done => {
