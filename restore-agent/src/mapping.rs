@@ -123,6 +123,13 @@ pub enum MappingError {
         /// Where.
         host: u64,
     },
+    /// Two mappings serve overlapping image ranges (each image page is
+    /// served at one place per address space).
+    #[error("two mappings serve image address {image:#x}")]
+    ImageOverlap {
+        /// Where.
+        image: u64,
+    },
     /// Part of the image range is in no region of the image.
     #[error("image address {addr:#x} is outside every region of the image")]
     OutsideImage {
@@ -198,6 +205,14 @@ pub(crate) fn initial_states(
             return Err(MappingError::Overlap { host: pair[1].host });
         }
     }
+    order.sort_by_key(|m| m.image);
+    for pair in order.windows(2) {
+        if pair[0].image + pair[0].len > pair[1].image {
+            return Err(MappingError::ImageOverlap {
+                image: pair[1].image,
+            });
+        }
+    }
     let mut snapshot = 0u64;
     let mut all = Vec::with_capacity(mappings.len());
     for m in mappings {
@@ -235,4 +250,127 @@ fn mapping_states(image: &Image, m: &Mapping) -> Result<(Vec<PageState>, u64), M
     }
     let snapshot = states.iter().filter(|s| **s == PageState::Snapshot).count() as u64;
     Ok((states, snapshot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use snapshot_format::{ImageWriter, RegionInfo, WriterOptions};
+
+    const P: u64 = 4096;
+
+    /// Two regions: [0, 8 pages) with data in pages 2..4, [16, 20 pages) zero.
+    fn image() -> (tempfile::TempDir, Image) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.lzr");
+        let mut w = ImageWriter::create(&path, WriterOptions::default()).expect("create");
+        w.begin_region(RegionInfo::raw_file(0, 8 * P))
+            .expect("region");
+        w.write_pages(2 * P, &[7u8; 2 * 4096]).expect("pages");
+        w.begin_region(RegionInfo::raw_file(16 * P, 4 * P))
+            .expect("region");
+        w.finish().expect("finish");
+        let img = Image::open(&path).expect("open");
+        (dir, img)
+    }
+
+    #[test]
+    fn initial_states_follow_the_image() {
+        let (_d, img) = image();
+        let (states, snapshot) = initial_states(
+            &img,
+            &[
+                Mapping::new(0x10000, P, 4 * P),
+                Mapping::new(0x40000, 16 * P, 4 * P),
+            ],
+        )
+        .expect("valid");
+        use PageState::{Snapshot as S, Zero as Z};
+        assert_eq!(states, vec![vec![Z, S, S, Z], vec![Z; 4]]);
+        assert_eq!(snapshot, 2);
+        // One 8-page unit over the data: Snapshot.
+        let (states, _) = initial_states(
+            &img,
+            &[Mapping::new(0x10000, 0, 8 * P).with_page_size(8 * P)],
+        )
+        .expect("valid");
+        assert_eq!(states, vec![vec![S]]);
+    }
+
+    #[test]
+    fn hostile_mappings_are_refused_with_typed_errors() {
+        let (_d, img) = image();
+        let check = |maps: &[Mapping], want: MappingError| {
+            assert_eq!(initial_states(&img, maps).expect_err("refused"), want);
+        };
+        check(&[], MappingError::Empty);
+        check(
+            &[Mapping::new(0x10000, 0, P).with_page_size(3 * P)],
+            MappingError::PageSize {
+                host: 0x10000,
+                page_size: 3 * P,
+            },
+        );
+        check(
+            &[Mapping::new(0x10000, 0, P).with_page_size(1 << 30)],
+            MappingError::PageSize {
+                host: 0x10000,
+                page_size: 1 << 30,
+            },
+        );
+        check(
+            &[Mapping::new(0x10001, 0, P)],
+            MappingError::Misaligned {
+                host: 0x10001,
+                len: P,
+                image: 0,
+                page_size: P,
+            },
+        );
+        check(
+            &[Mapping::new(0x10000, 0, 0)],
+            MappingError::Misaligned {
+                host: 0x10000,
+                len: 0,
+                image: 0,
+                page_size: P,
+            },
+        );
+        check(
+            &[Mapping::new(u64::MAX - P + 1, 0, 2 * P)],
+            MappingError::Misaligned {
+                host: u64::MAX - P + 1,
+                len: 2 * P,
+                image: 0,
+                page_size: P,
+            },
+        );
+        check(
+            &[
+                Mapping::new(0x10000, 0, 2 * P),
+                Mapping::new(0x11000, 4 * P, P),
+            ],
+            MappingError::Overlap { host: 0x11000 },
+        );
+        check(
+            &[Mapping::new(0x10000, 0, 2 * P), Mapping::new(0x20000, P, P)],
+            MappingError::ImageOverlap { image: P },
+        );
+        // The gap between the regions, and past the end.
+        check(
+            &[Mapping::new(0x10000, 6 * P, 4 * P)],
+            MappingError::OutsideImage { addr: 8 * P },
+        );
+        check(
+            &[Mapping::new(0x10000, 1 << 40, P)],
+            MappingError::OutsideImage { addr: 1 << 40 },
+        );
+        check(
+            &[Mapping::new(0x10000, 0, P << 31)],
+            MappingError::TooLarge {
+                units: 1 << 31,
+                limit: MAX_SPACE_UNITS,
+            },
+        );
+    }
 }

@@ -389,22 +389,47 @@ impl FaultServer {
         });
         let registry_owner = Arc::clone(&shared);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let janitor = std::thread::Builder::new()
+        let janitor = match std::thread::Builder::new()
             .name("lazarus-janitor".into())
             .spawn(move || run::janitor(&registry_owner, &janitor_rx, &ready_tx))
-            .map_err(ServerError::Start)?;
+        {
+            Ok(j) => j,
+            Err(e) => {
+                shared.prefetcher.stop();
+                return Err(ServerError::Start(e));
+            }
+        };
         let _ = ready_rx.recv();
-        let server = run::Server::new(Arc::clone(&shared)).map_err(ServerError::Start)?;
+        // On failure from here on, end the threads already started.
+        let abandon = |janitor: JoinHandle<()>| {
+            shared.prefetcher.stop();
+            let _ = shared.janitor.send(Garbage::Stop);
+            let _ = janitor.join();
+        };
+        let server = match run::Server::new(Arc::clone(&shared)) {
+            Ok(s) => s,
+            Err(e) => {
+                abandon(janitor);
+                return Err(ServerError::Start(e));
+            }
+        };
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let thread = std::thread::Builder::new()
+        let thread = match std::thread::Builder::new()
             .name("lazarus-faults".into())
             .spawn(move || server.run(&ready_tx))
-            .map_err(ServerError::Start)?;
+        {
+            Ok(t) => t,
+            Err(e) => {
+                abandon(janitor);
+                return Err(ServerError::Start(e));
+            }
+        };
         // Return only once the server thread runs its loop: a new thread's
         // first steps allocate (thread-local malloc state), which must not
         // happen while the caller forks (see `run.rs`).
         if ready_rx.recv().is_err() {
             let _ = thread.join();
+            abandon(janitor);
             return Err(ServerError::Crashed);
         }
         Ok(Self {
