@@ -39,9 +39,9 @@
 //! Reading a message, looking up its page state and copying allocates
 //! nothing and takes no global lock: buffers (message buffer, fault queue,
 //! decoder, staging, cache slots) are allocated when the server, a space or a
-//! worker starts; the table is looked up through the server thread's own
-//! `Arc`; the only lock is the chunk's cache shard (and its slot's read
-//! lock). See `server/run.rs`.
+//! worker starts; the segment table is read under its space's uncontended
+//! read lock; the only other locks are the chunk's cache shard and its slot's
+//! read lock. See `server/run.rs` and `tests/no_alloc.rs`.
 
 pub mod cache;
 mod fill;
