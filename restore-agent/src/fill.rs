@@ -303,7 +303,6 @@ pub(crate) fn fill_zero(
                 done += n;
                 counters.bytes_zeroed.add(n);
             }
-            Err(FillError::Again { done: 0 }) if done > 0 => return Err(FillError::Again { done }),
             Err(e) if done > 0 => {
                 // Report the progress first; the caller retries and sees `e`.
                 log::debug!("{}: zero copy stopped after {done} bytes: {e}", space.id);

@@ -176,7 +176,6 @@ impl Server {
             spaces: Vec::with_capacity(SPACES_RESERVED),
             filler,
             latency,
-
             last_activity: now,
             last_probe: now,
         })
