@@ -1,3 +1,13 @@
-//! The Lazarus benchmark harness.
+//! The Lazarus benchmark harness: measuring code shared by `cargo bench`
+//! targets and `lazarus bench`, one module per suite.
+//!
+//! - [`agent`]: the restore agent (fault latency, population throughput,
+//!   read-all time per restore strategy). `cargo bench -p lazarus-bench
+//!   --bench agent` runs it and prints the table; `LAZARUS_BENCH_MIB` sets
+//!   the region size (default 1024), `LAZARUS_BENCH_REPEAT` the repetitions.
+//! - [`capture`]: `lazarus capture --pid` of a memhog process against a raw
+//!   copy of its memory (`cargo bench -p lazarus-bench --bench capture`).
 
+pub mod agent;
 pub mod capture;
+mod mem;

@@ -15,7 +15,8 @@ use restore_agent::uffd::{
     AdoptError, ContinueMode, CopyMode, Event, Features, FillError, HandshakeError, HandshakeState,
     Ioctls, MoveMode, MsgBuffer, OpenOptions, PageFault, PageFaultFlags, PoisonMode, Range,
     RegisterMode, Source, Userfaultfd, WriteProtect, ZeroPageMode, continue_range, copy, handshake,
-    handshake_state, move_pages, poison, probe, register, unregister, wake, writeprotect, zeropage,
+    handshake_state, move_pages, poison, probe, register, target_alive, unregister, wake,
+    writeprotect, zeropage,
 };
 use rustix::process::Pid;
 use support::{
@@ -1128,4 +1129,27 @@ fn fork_event_hands_over_the_child_userfaultfd() {
             other => panic!("{who}: expected ESRCH after exit, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn target_alive_tells_an_exit_and_changes_nothing() {
+    let map = Mapping::anon(2);
+    let (target, uffd, sock) = spawn_target(&map, Features::empty(), |sock| {
+        let mut go = [0u8; 1];
+        let _ = rustix::io::read(sock, &mut go);
+        0
+    });
+    assert!(target_alive(uffd.as_fd(), map.page_addr(0)).expect("probe a live target"));
+    // Also away from any mapping.
+    assert!(target_alive(uffd.as_fd(), 0x1_0000_0000).expect("probe"));
+    // The probe installed nothing: page 0 is still missing.
+    let bytes = pattern(7, page());
+    assert_eq!(
+        copy(uffd.as_fd(), map.page_addr(0), &bytes, CopyMode::DONTWAKE)
+            .expect("page 0 still missing"),
+        page64()
+    );
+    rustix::io::write(&sock, b"x").expect("let the target exit");
+    assert_eq!(target.wait(TIMEOUT).exit_status(), Some(0));
+    assert!(!target_alive(uffd.as_fd(), map.page_addr(0)).expect("probe an exited target"));
 }

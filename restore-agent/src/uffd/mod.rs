@@ -102,6 +102,9 @@
 //!
 //! When the target process has exited, fills fail with `ESRCH`
 //! ([`FillError::TargetGone`]) and [`register`] with `ENOMEM`. *(tested)*
+//! Nothing else tells: the fd reports no `POLLHUP` when its process exits
+//! (only when the fd itself is released); [`target_alive`] asks the kernel
+//! without changing anything. *(tested)*
 //! Closing the userfaultfd (the last descriptor of it) unregisters everything
 //! and wakes every waiter: unserved pages then read as zeros (anonymous
 //! memory). *(tested)* So a restore agent must not let the target outlive it
@@ -165,8 +168,8 @@ pub use msg::{
 pub use open::{CreateError, OpenOptions, Source};
 pub use ops::{
     ContinueMode, CopyMode, FillError, MoveMode, PoisonMode, Range, RegisterMode, WriteProtect,
-    ZeroPageMode, continue_range, copy, move_pages, poison, register, unregister, wake,
-    writeprotect, zeropage,
+    ZeroPageMode, continue_range, copy, move_pages, poison, register, target_alive, unregister,
+    wake, writeprotect, zeropage,
 };
 
 /// What `/proc/self/fd/<fd>` links to for a userfaultfd.

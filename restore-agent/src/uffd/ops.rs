@@ -268,6 +268,31 @@ pub fn copy(fd: BorrowedFd<'_>, dst: u64, src: &[u8], mode: CopyMode) -> Result<
     fill_result(sys::copy(fd, dst, src, mode.bits()), len)
 }
 
+/// Whether the address space behind the userfaultfd still exists: false once
+/// the target process has exited (the kernel answers `ESRCH`).
+///
+/// A userfaultfd gives no sign when its process exits (no `POLLHUP`: that
+/// only comes when the fd itself is released), and fills only fail once
+/// attempted. This probe attempts a `UFFDIO_COPY` of one page to `probe`
+/// (any page-aligned user address, e.g. the start of a registered range)
+/// from an inaccessible page of the calling process: the kernel checks the
+/// target address space, then fails reading the source (`EFAULT`) or finding
+/// the destination (`ENOENT`) before it could install anything, so the probe
+/// never changes the target. *(tested)*
+pub fn target_alive(fd: BorrowedFd<'_>, probe: u64) -> io::Result<bool> {
+    match sys::probe_copy(fd, probe) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EBADF) || e.raw_os_error() == Some(libc::ENOTTY) =>
+        {
+            Err(e)
+        }
+        // EFAULT, ENOENT, EAGAIN (an event is pending), EINVAL (a hugetlbfs
+        // range): the address space is there.
+        _ => Ok(true),
+    }
+}
+
 /// `UFFDIO_ZEROPAGE`: maps the zero page at the missing pages of `range`
 /// (anonymous: the shared zero page; shmem: a zeroed page). Not available on
 /// hugetlbfs ranges (`EINVAL`; check the ioctls [`register`] returned).

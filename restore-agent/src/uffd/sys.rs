@@ -275,6 +275,45 @@ pub(super) fn copy(fd: BorrowedFd<'_>, dst: u64, src: &[u8], mode: u64) -> (io::
     (res, arg.copy)
 }
 
+/// An inaccessible page of our address space, mapped once: the source of
+/// [`probe_copy`]. Its address, or the error of the `mmap` that failed.
+fn probe_source() -> io::Result<u64> {
+    static SOURCE: std::sync::OnceLock<Result<u64, i32>> = std::sync::OnceLock::new();
+    let mapped = SOURCE.get_or_init(|| {
+        // SAFETY: a new PROT_NONE private mapping at an address the kernel
+        // picks: it overlaps nothing, and it is never unmapped, read or
+        // written (only handed to the kernel as a copy source that fails).
+        let addr = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                rustix::param::page_size(),
+                rustix::mm::ProtFlags::empty(),
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::NORESERVE,
+            )
+        };
+        addr.map(|a| a as u64).map_err(|e| e.raw_os_error())
+    });
+    mapped.map_err(io::Error::from_raw_os_error)
+}
+
+/// `UFFDIO_COPY` of one page to `dst` from an inaccessible page of ours: it
+/// can never fill anything (the kernel fails reading the source before it
+/// installs a page), but it reaches the point where the kernel checks that
+/// the target address space is alive (`ESRCH` when it is gone).
+pub(super) fn probe_copy(fd: BorrowedFd<'_>, dst: u64) -> io::Result<()> {
+    let mut arg = uffdio_copy {
+        dst,
+        src: probe_source()?,
+        len: rustix::param::page_size() as u64,
+        mode: k::UFFDIO_COPY_MODE_DONTWAKE.into(),
+        copy: 0,
+    };
+    // SAFETY: UFFDIO_COPY reads one uffdio_copy and writes its `copy` field;
+    // reading the source (a PROT_NONE page) fails inside the kernel with
+    // EFAULT before any page is installed, so nothing in the target changes.
+    unsafe { uffd_ioctl(fd, UFFDIO_COPY, &mut arg) }
+}
+
 /// `UFFDIO_ZEROPAGE`; returns the ioctl result and the `zeropage` field.
 pub(super) fn zeropage(
     fd: BorrowedFd<'_>,

@@ -13,6 +13,10 @@
 //!   `Mapping`'s `Drop`), and tests with `EVENT_UNMAP` unregister before they
 //!   unmap, so no munmap waits for an UNMAP event nobody reads.
 
+pub(crate) mod hugepages;
+pub(crate) mod image;
+pub(crate) mod target;
+
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};

@@ -1,0 +1,432 @@
+//! Statistics without stalling the fault path.
+//!
+//! - **Counters** live in one [`Counters`] block per filling thread (the
+//!   server thread, each prefetch worker). Each block has a single writer,
+//!   which bumps its fields with plain relaxed load + store (no locked
+//!   instruction, no shared cache line with another writer); readers sum
+//!   all blocks. A reader may see a snapshot a few increments old, never a
+//!   torn value.
+//! - **Fault latency** goes to an hdrhistogram behind a mutex that only the
+//!   server thread records into, with `try_lock`: when a reader holds the
+//!   lock (to copy the histogram), the server records into a private spill
+//!   histogram instead and merges it at its next successful `try_lock`. The
+//!   fault path never waits for a reader, and recording allocates nothing
+//!   (fixed bounds, no auto-resize).
+//! - [`Stats`] is the merged snapshot, serializable with serde (JSON via
+//!   [`Stats::to_json`]).
+//!
+//! The latency measured is the server-side *service time* of a fault: from
+//! the `read(2)` that returned its message to the fill that woke the
+//! faulting thread (the kernel does not timestamp faults). The round trip a
+//! faulting thread sees adds the wake-up and scheduling (DESIGN.md: about
+//! 13 µs in all on this machine when the handler is running).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Highest latency the histogram tracks exactly (60 s, in ns); longer ones
+/// are recorded as this value.
+const LATENCY_MAX_NS: u64 = 60_000_000_000;
+/// Significant decimal digits of the latency histogram.
+const LATENCY_SIGFIG: u8 = 3;
+
+/// A counter with a single writer (see the module docs).
+#[derive(Debug, Default)]
+pub(crate) struct Counter(pub(crate) AtomicU64);
+
+impl Counter {
+    /// Adds `n` (single writer: load + store, no RMW).
+    pub(crate) fn add(&self, n: u64) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0.store(v.wrapping_add(n), Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    pub(crate) fn inc(&self) {
+        self.add(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters of one filling thread (see the module docs). Opaque: read
+/// them through [`Stats`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub(crate) faults: Counter,
+    pub(crate) fault_copy: Counter,
+    pub(crate) fault_zero: Counter,
+    pub(crate) fault_poison: Counter,
+    pub(crate) fault_present: Counter,
+    pub(crate) fault_stray: Counter,
+    pub(crate) fault_unserved: Counter,
+    pub(crate) copy_ioctls: Counter,
+    pub(crate) zeropage_ioctls: Counter,
+    pub(crate) poison_ioctls: Counter,
+    pub(crate) wake_ioctls: Counter,
+    pub(crate) eexist: Counter,
+    pub(crate) eagain: Counter,
+    pub(crate) bytes_copied: Counter,
+    pub(crate) bytes_zeroed: Counter,
+    pub(crate) prefetch_items: Counter,
+    pub(crate) prefetch_bytes: Counter,
+    pub(crate) cache_hits: Counter,
+    pub(crate) cache_misses: Counter,
+    pub(crate) cache_evictions: Counter,
+    pub(crate) cache_bypass: Counter,
+    pub(crate) bad_chunks: Counter,
+    pub(crate) events_fork: Counter,
+    pub(crate) events_remove: Counter,
+    pub(crate) events_unmap: Counter,
+    pub(crate) events_remap: Counter,
+    pub(crate) events_other: Counter,
+}
+
+/// The fault latency histogram (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Latency {
+    shared: Mutex<Histogram<u64>>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_NS, LATENCY_SIGFIG)
+        .expect("constant histogram bounds are valid")
+}
+
+impl Latency {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            shared: Mutex::new(new_histogram()),
+        })
+    }
+
+    /// A copy of the histogram (readers only).
+    fn snapshot(&self) -> Histogram<u64> {
+        self.shared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The server thread's side of [`Latency`]: records without ever waiting.
+#[derive(Debug)]
+pub(crate) struct LatencyWriter {
+    shared: Arc<Latency>,
+    spill: Histogram<u64>,
+    spilled: bool,
+}
+
+impl LatencyWriter {
+    pub(crate) fn new(shared: Arc<Latency>) -> Self {
+        Self {
+            shared,
+            spill: new_histogram(),
+            spilled: false,
+        }
+    }
+
+    /// Records one fault's service time.
+    pub(crate) fn record(&mut self, ns: u64) {
+        let ns = ns.max(1);
+        match self.shared.shared.try_lock() {
+            Ok(mut h) => {
+                if self.spilled {
+                    h.add(&self.spill)
+                        .expect("histograms with the same bounds always add");
+                    self.spill.reset();
+                    self.spilled = false;
+                }
+                h.saturating_record(ns);
+            }
+            Err(_) => {
+                self.spill.saturating_record(ns);
+                self.spilled = true;
+            }
+        }
+    }
+}
+
+/// Latency summary, in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LatencyStats {
+    /// Faults recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Maximum.
+    pub max_us: f64,
+    /// Mean.
+    pub mean_us: f64,
+}
+
+impl LatencyStats {
+    fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50_us: us(h.value_at_quantile(0.5)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            max_us: us(h.max()),
+            mean_us: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// Faults, by how they were served.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FaultStats {
+    /// Page faults read.
+    pub total: u64,
+    /// Served with image bytes (`UFFDIO_COPY`).
+    pub copy: u64,
+    /// Served with zeros.
+    pub zero: u64,
+    /// Served with a poison marker (the thread gets SIGBUS).
+    pub poison: u64,
+    /// On a unit already served (a fill raced the fault, or the page was
+    /// dropped without a REMOVE event): woken, or given zeros.
+    pub present: u64,
+    /// Outside every mapping (stack growth, the grown tail of an mremap):
+    /// served with zeros.
+    pub stray: u64,
+    /// Left unserved: a poisoned unit on a userfaultfd without the POISON
+    /// feature (the thread stays blocked rather than read wrong bytes), or a
+    /// fill that failed unexpectedly.
+    pub unserved: u64,
+    /// Service time (see the module docs).
+    pub latency: LatencyStats,
+}
+
+/// Kernel calls of fault thread and prefetch workers together.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct IoctlStats {
+    /// `UFFDIO_COPY` calls.
+    pub copy: u64,
+    /// `UFFDIO_ZEROPAGE` calls.
+    pub zeropage: u64,
+    /// `UFFDIO_POISON` calls.
+    pub poison: u64,
+    /// `UFFDIO_WAKE` calls.
+    pub wake: u64,
+    /// Fills that found a page present (`EEXIST`).
+    pub eexist: u64,
+    /// Fills refused because an event was pending (`EAGAIN`), then retried.
+    pub eagain_retries: u64,
+}
+
+/// Bytes installed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ByteStats {
+    /// Image bytes copied by the fault thread.
+    pub fault_copied: u64,
+    /// Image bytes copied by prefetch workers.
+    pub prefetch_copied: u64,
+    /// Bytes of zero pages installed.
+    pub zeroed: u64,
+}
+
+/// Prefetch pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PrefetchStats {
+    /// Worker threads per run.
+    pub workers: usize,
+    /// Plan items (chunks, zero sweeps) done.
+    pub items: u64,
+    /// Whether a run is in progress.
+    pub running: bool,
+}
+
+/// Chunk cache.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CacheStats {
+    /// Slots (decoded chunks it can hold).
+    pub slots: usize,
+    /// Lookups served from the cache.
+    pub hits: u64,
+    /// Lookups that decoded the chunk.
+    pub misses: u64,
+    /// Chunks evicted to make room.
+    pub evictions: u64,
+    /// Decodes into a thread's private buffer because every candidate slot
+    /// was in use.
+    pub bypasses: u64,
+    /// Chunks found corrupt (their pages are poisoned).
+    pub bad_chunks: u64,
+}
+
+/// Non-cooperative events applied.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EventStats {
+    /// FORK (a child address space to serve).
+    pub fork: u64,
+    /// REMOVE (`MADV_DONTNEED` / `MADV_REMOVE`).
+    pub remove: u64,
+    /// UNMAP.
+    pub unmap: u64,
+    /// REMAP (`mremap`).
+    pub remap: u64,
+    /// Unknown or undecodable messages.
+    pub other: u64,
+}
+
+/// Address spaces.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SpaceStats {
+    /// Being served.
+    pub live: usize,
+    /// Gone (process exited, or removed).
+    pub gone: u64,
+}
+
+/// Population progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PopulationStats {
+    /// Units (pages) still holding only image data, over live spaces.
+    pub remaining_pages: u64,
+    /// Whether every live space is populated (see `FaultServer::wait_populated`).
+    pub populated: bool,
+    /// Time from server start until it was first populated.
+    pub time_to_populated_ms: Option<f64>,
+}
+
+/// Working set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WorkingSetStats {
+    /// Chunks of the loaded working set (prefetched first).
+    pub loaded: usize,
+    /// Chunks recorded, in first-fault order.
+    pub recorded: usize,
+}
+
+/// A snapshot of a server's statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Stats {
+    /// Time since the server started.
+    pub uptime_ms: f64,
+    /// Faults.
+    pub faults: FaultStats,
+    /// Fill and wake calls.
+    pub ioctls: IoctlStats,
+    /// Bytes installed.
+    pub bytes: ByteStats,
+    /// Prefetch pool.
+    pub prefetch: PrefetchStats,
+    /// Chunk cache.
+    pub cache: CacheStats,
+    /// Events.
+    pub events: EventStats,
+    /// Address spaces.
+    pub spaces: SpaceStats,
+    /// Population.
+    pub population: PopulationStats,
+    /// Working set.
+    pub working_set: WorkingSetStats,
+    /// Server events dropped because nobody read them (see
+    /// `FaultServer::events`).
+    pub notifications_dropped: u64,
+}
+
+impl Stats {
+    /// The statistics as one line of JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("Stats serializes to JSON")
+    }
+
+    /// Adds the counters of `blocks` and the latency histogram.
+    pub(crate) fn collect(blocks: &[Arc<Counters>], latency: &Latency) -> Self {
+        let sum = |f: fn(&Counters) -> &Counter| blocks.iter().map(|c| f(c).get()).sum::<u64>();
+        Self {
+            faults: FaultStats {
+                total: sum(|c| &c.faults),
+                copy: sum(|c| &c.fault_copy),
+                zero: sum(|c| &c.fault_zero),
+                poison: sum(|c| &c.fault_poison),
+                present: sum(|c| &c.fault_present),
+                stray: sum(|c| &c.fault_stray),
+                unserved: sum(|c| &c.fault_unserved),
+                latency: LatencyStats::from_histogram(&latency.snapshot()),
+            },
+            ioctls: IoctlStats {
+                copy: sum(|c| &c.copy_ioctls),
+                zeropage: sum(|c| &c.zeropage_ioctls),
+                poison: sum(|c| &c.poison_ioctls),
+                wake: sum(|c| &c.wake_ioctls),
+                eexist: sum(|c| &c.eexist),
+                eagain_retries: sum(|c| &c.eagain),
+            },
+            bytes: ByteStats {
+                fault_copied: sum(|c| &c.bytes_copied) - sum(|c| &c.prefetch_bytes),
+                prefetch_copied: sum(|c| &c.prefetch_bytes),
+                zeroed: sum(|c| &c.bytes_zeroed),
+            },
+            prefetch: PrefetchStats {
+                items: sum(|c| &c.prefetch_items),
+                ..PrefetchStats::default()
+            },
+            cache: CacheStats {
+                hits: sum(|c| &c.cache_hits),
+                misses: sum(|c| &c.cache_misses),
+                evictions: sum(|c| &c.cache_evictions),
+                bypasses: sum(|c| &c.cache_bypass),
+                bad_chunks: sum(|c| &c.bad_chunks),
+                ..CacheStats::default()
+            },
+            events: EventStats {
+                fork: sum(|c| &c.events_fork),
+                remove: sum(|c| &c.events_remove),
+                unmap: sum(|c| &c.events_unmap),
+                remap: sum(|c| &c.events_remap),
+                other: sum(|c| &c.events_other),
+            },
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_spills_while_a_reader_holds_the_lock() {
+        let shared = Latency::new();
+        let mut w = LatencyWriter::new(Arc::clone(&shared));
+        w.record(1_000);
+        {
+            let _reader = shared.shared.lock().expect("lock");
+            w.record(5_000); // spilled, not blocked
+            w.record(9_000);
+        }
+        w.record(2_000); // merges the spill
+        let s = LatencyStats::from_histogram(&shared.snapshot());
+        assert_eq!(s.count, 4);
+        assert!((8.9..=9.1).contains(&s.max_us), "{s:?}");
+    }
+
+    #[test]
+    fn stats_sum_blocks_and_serialize() {
+        let a = Arc::new(Counters::default());
+        let b = Arc::new(Counters::default());
+        a.faults.add(3);
+        b.faults.inc();
+        b.bytes_copied.add(8192);
+        b.prefetch_bytes.add(4096);
+        let s = Stats::collect(&[a, b], &Latency::new());
+        assert_eq!(s.faults.total, 4);
+        assert_eq!(s.bytes.fault_copied, 4096);
+        assert_eq!(s.bytes.prefetch_copied, 4096);
+        let json = s.to_json();
+        assert!(json.contains("\"faults\":{\"total\":4"), "{json}");
+    }
+}
