@@ -123,18 +123,19 @@ pub(crate) fn run(args: &ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints the statistics as one JSON line on stdout and, if asked, writes
-/// them to `file` (atomically: a temporary file renamed over it).
+/// Writes the statistics to `file` if asked (atomically: a temporary file
+/// renamed over it), then prints them as one JSON line on stdout: a reader
+/// that sees the line can rely on the file being current.
 fn report(stats: &HandlerStats, file: Option<&Path>) {
     let json = stats.to_json();
-    let mut out = std::io::stdout().lock();
-    if let Err(e) = writeln!(out, "{json}").and_then(|()| out.flush()) {
-        log::warn!("cannot print statistics: {e}");
-    }
     if let Some(path) = file
         && let Err(e) = write_atomically(path, json.as_bytes())
     {
         log::warn!("cannot write statistics to {}: {e:#}", path.display());
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{json}").and_then(|()| out.flush()) {
+        log::warn!("cannot print statistics: {e}");
     }
 }
 

@@ -29,8 +29,6 @@
 //! [`MAX_FDS_PER_READ`] descriptors: a peer that sends more has the excess
 //! closed by the kernel (`MSG_CTRUNC`); everything received beyond the one
 //! expected descriptor is closed when the caller drops it.
-//!
-//! The one `unsafe` block reads `SO_PEERCRED` (see [`peer_pid`]).
 
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -246,29 +244,12 @@ fn remove_stale(path: &Path) -> Result<(), BindError> {
 /// its `connect`); `None` if the kernel cannot tell (a peer in a pid
 /// namespace this process cannot see reads as 0).
 ///
-/// Read with `libc` rather than `rustix::net::sockopt::socket_peercred`,
+/// Read with `nix` rather than `rustix::net::sockopt::socket_peercred`,
 /// whose `Pid` type cannot hold the 0 the kernel reports for such a peer.
 pub(crate) fn peer_pid(stream: &UnixStream) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are live locals for the duration of the
-    // call, `len` holds the size of `cred`, and the kernel writes at most
-    // `len` bytes of a `struct ucred` into it; the fd is borrowed from a
-    // live stream.
-    let ret = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(stream),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast::<libc::c_void>(),
-            &raw mut len,
-        )
-    };
-    (ret == 0 && cred.pid > 0).then(|| cred.pid.unsigned_abs())
+    let cred =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    u32::try_from(cred.pid()).ok().filter(|&pid| pid > 0)
 }
 
 /// What one [`recv`] got.
