@@ -319,6 +319,11 @@ impl RemoteSession<'_> {
         &self.process.memory
     }
 
+    /// The address of the `syscall` instruction this session's calls execute.
+    pub fn syscall_site(&self) -> u64 {
+        self.site
+    }
+
     /// Moves the syscall site (see [`SeizedProcess::set_syscall_site`]).
     pub fn set_syscall_site(&mut self, addr: u64) -> Result<(), RemoteError> {
         self.process.set_syscall_site(addr)?;

@@ -1,0 +1,7 @@
+//! Whole-process restore (`restore_process`) of real fixture programs captured with the
+//! `capture` crate: each test checks that the restored process goes on behaving
+//! correctly and that its memory equals the image byte for byte. Needs root and the
+//! fixture programs (`cargo build -p fixtures`).
+
+mod counter;
+mod support;
