@@ -4,4 +4,6 @@
 //! fixture programs (`cargo build -p fixtures`).
 
 mod counter;
+mod events;
 mod support;
+mod threads;

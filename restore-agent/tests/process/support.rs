@@ -57,7 +57,17 @@ pub(crate) fn capture_fixture(
     let dir = tempfile::tempdir().expect("tempdir");
     let mut fx = spawn(name, args);
     let mut lines = vec![fx.wait_ready(T)];
-    lines.push(fx.wait_line(&until, T));
+    let last = fx.wait_line(
+        |l| {
+            let done = until(l);
+            if !done {
+                lines.push(l.clone());
+            }
+            done
+        },
+        T,
+    );
+    lines.push(last);
     capture_running(fx, dir, lines)
 }
 
@@ -224,8 +234,23 @@ fn expected_bytes(image: &Image, index: usize, addr: u64, out: &mut [u8]) {
 /// Compares every readable region of process `pid` with the image, byte for byte.
 /// Reads go through `process_vm_readv`, which waits for the agent to serve a missing
 /// page (`/proc/PID/mem` would fail with EIO on it). Returns the bytes compared.
+///
+/// The threads' rseq areas are left out: the kernel rewrites their `cpu_id` fields
+/// whenever a thread returns to user mode (the restore's remote calls do).
 pub(crate) fn assert_memory_matches(pid: i32, image: &Image) -> u64 {
     let memory = tracee::ProcessMemory::new(pid);
+    let rseq: Vec<(u64, u64)> = image
+        .metadata()
+        .process
+        .as_ref()
+        .map(|p| {
+            p.threads
+                .iter()
+                .filter_map(|t| t.rseq)
+                .map(|r| (r.abi_pointer, r.abi_pointer + u64::from(r.abi_size)))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut compared = 0;
     for (index, r) in image.regions().iter().enumerate() {
         if !r.prot.read || matches!(r.kind, RegionKind::Vvar | RegionKind::VvarVclock) {
@@ -241,6 +266,12 @@ pub(crate) fn assert_memory_matches(pid: i32, image: &Image) -> u64 {
             memory
                 .read(at, &mut got)
                 .unwrap_or_else(|e| panic!("read {at:#x}+{len:#x} of {pid} ({}): {e}", r.kind));
+            for &(lo, hi) in &rseq {
+                for a in lo.max(at)..hi.min(at + len as u64) {
+                    let i = (a - at) as usize;
+                    got[i] = want[i];
+                }
+            }
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
                 panic!(
                     "process {pid}, region {:#x}-{:#x} ({}, {:?}): byte {:#x} is {:#x}, the image \
