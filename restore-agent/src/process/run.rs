@@ -219,7 +219,16 @@ pub(crate) fn restore(
         Some(server.add_space(uffd, &mappings)?)
     };
 
-    // Threads, and what each thread sets itself (rseq faults into the server).
+    if mode.eager && let Some(space) = space {
+        // Everything in before the process runs (and before the rseq registrations
+        // below write into its memory: no fault at all).
+        populate(&server)?;
+        server.remove_space(space, true);
+        timings.populated = Some(t0.elapsed());
+    }
+
+    // Threads, and what each thread sets itself (rseq writes into the process's
+    // memory: a lazy restore serves it already).
     let tids = create_threads(process, pid, &plan.threads, plan.set_tids)?;
     for (tid, t) in tids.iter().zip(&plan.threads) {
         set_thread_state(process, *tid, t, true)?;
@@ -235,11 +244,7 @@ pub(crate) fn restore(
     }
 
     let armed = if mode.eager {
-        // Everything in before the process runs; then it needs the agent no more.
-        if let Some(space) = space {
-            populate(&server)?;
-            server.remove_space(space, true);
-        }
+        // It needs the agent no more.
         let mut session = process
             .remote(pid)
             .map_err(ProcessRestoreError::remote("cannot drive the helper"))?;
@@ -258,7 +263,7 @@ pub(crate) fn restore(
         session
             .finish()
             .map_err(ProcessRestoreError::remote("cannot end the remote session"))?;
-        timings.populated = Some(t0.elapsed());
+        timings.populated.get_or_insert(t0.elapsed());
         false
     } else {
         true

@@ -3,7 +3,11 @@
 //! correctly and that its memory equals the image byte for byte. Needs root and the
 //! fixture programs (`cargo build -p fixtures`).
 
+mod blocked;
 mod counter;
 mod events;
+mod files;
+mod pids;
+mod python;
 mod support;
 mod threads;

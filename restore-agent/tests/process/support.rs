@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use capture::{AfterCapture, CaptureOptions, capture_process};
 use fixtures::{Fixture, Line, LogTail};
-use restore_agent::process::{ProcessRestoreOptions, Stdio, open_stdio_file};
+use restore_agent::process::{ProcessRestoreError, ProcessRestoreOptions, Stdio, open_stdio_file};
 use restore_agent::{RestoredProcess, ServerOptions, WorkingSetOptions, restore_process};
 use snapshot_format::{Image, PageSource, RegionKind};
 
@@ -21,6 +21,8 @@ pub(crate) const T: Duration = Duration::from_secs(30);
 /// A fixture captured with `--kill`, and what it printed.
 pub(crate) struct Captured {
     pub(crate) dir: tempfile::TempDir,
+    /// Other directories the test keeps until the end.
+    kept: Vec<tempfile::TempDir>,
     pub(crate) path: PathBuf,
     pub(crate) image: Arc<Image>,
     /// The original's pid.
@@ -38,6 +40,28 @@ impl Captured {
             .find(|l| l.is(tag))
             .unwrap_or_else(|| panic!("the original printed no {tag} line"))
             .clone()
+    }
+
+    /// An image captured some other way (no lines recorded).
+    pub(crate) fn from_image(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        image: Arc<Image>,
+        pid: i32,
+    ) -> Self {
+        Self {
+            dir,
+            kept: Vec::new(),
+            path,
+            image,
+            pid,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Keeps `dir` until the end of the test.
+    pub(crate) fn keep(&mut self, dir: tempfile::TempDir) {
+        self.kept.push(dir);
     }
 
     /// A path in the test's directory.
@@ -74,9 +98,14 @@ pub(crate) fn capture_fixture(
 /// Starts fixture `name` with `args`, with no descriptors but stdin, stdout and stderr
 /// (the test harness's others, such as a jobserver pipe, would be unrestorable).
 pub(crate) fn spawn(name: &str, args: &[&str]) -> Fixture {
-    use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new(fixtures::binary(name));
     command.args(args);
+    spawn_command(name, command)
+}
+
+/// Starts `command` as a fixture (see [`spawn`]); `name` labels messages.
+pub(crate) fn spawn_command(name: &str, mut command: std::process::Command) -> Fixture {
+    use std::os::unix::process::CommandExt;
     // SAFETY: the closure only makes the close_range system call (async-signal-safe),
     // closing descriptors of the child after its standard streams are in place.
     unsafe {
@@ -108,6 +137,7 @@ pub(crate) fn capture_running(mut fx: Fixture, dir: tempfile::TempDir, mut lines
     let image = Arc::new(Image::open(&path).expect("open the image"));
     Captured {
         dir,
+        kept: Vec::new(),
         path,
         image,
         pid,
@@ -141,7 +171,15 @@ pub(crate) fn tail(c: &Captured, pid: i32) -> LogTail {
 
 /// Restores `c` with `opts`.
 pub(crate) fn restore(c: &Captured, opts: ProcessRestoreOptions) -> RestoredProcess {
-    restore_process(Arc::clone(&c.image), opts).expect("restore")
+    restore_result(c, opts).expect("restore")
+}
+
+/// Restores `c` with `opts`, returning the error if it fails.
+pub(crate) fn restore_result(
+    c: &Captured,
+    opts: ProcessRestoreOptions,
+) -> Result<RestoredProcess, ProcessRestoreError> {
+    restore_process(Arc::clone(&c.image), opts)
 }
 
 /// Sends `signal` to `pid`.
