@@ -35,6 +35,8 @@ enum Command {
     Verify(commands::verify::VerifyArgs),
     /// Write an image's memory back out as a raw (sparse) file.
     Extract(commands::extract::ExtractArgs),
+    /// Restore a process captured with `capture --pid`, its memory served lazily.
+    Restore(commands::restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
         Command::Extract(args) => commands::extract::run(&args),
+        Command::Restore(args) => commands::restore::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -401,6 +401,7 @@ mod tests {
         assert_eq!(rustix::fs::seek(src, SeekFrom::Current(0)).expect("tell"), 4);
 
         // stdout replaced: stderr and fd 5 share their own reopened file.
+        drop(sources);
         let mut sources = Sources::new(100);
         let given = rustix::fs::open("/dev/null", OFlags::WRONLY, Mode::empty()).expect("open");
         let installs = plan_fds(
@@ -413,6 +414,7 @@ mod tests {
         assert_eq!(installs[1], FdInstall { fd: 1, from: 101, cloexec: false });
         assert_eq!(installs[2], FdInstall { fd: 2, from: 102, cloexec: false });
         assert_eq!(installs[3], FdInstall { fd: 5, from: 2, cloexec: false });
+        drop(sources);
 
         // A pipe cannot be reopened; the error says how to replace it.
         let piped = [state(1, FdKind::Pipe, "pipe:[77]", None)];
@@ -440,9 +442,11 @@ mod tests {
         assert!(installs.is_empty());
         assert!(plan_fds(&extra, Default::default(), UnrestorableFds::Refuse, &mut Sources::new(100)).is_err());
 
-        // A replaced file is refused when it is another file now.
-        std::fs::remove_file(&log).expect("rm");
-        std::fs::write(&log, b"new").expect("write");
+        // A replaced file is refused when it is another file now (created before the
+        // old one goes, so that it cannot reuse its inode number).
+        let new = dir.path().join("new");
+        std::fs::write(&new, b"new").expect("write");
+        std::fs::rename(&new, &log).expect("rename");
         let err = plan_fds(&fds, Default::default(), UnrestorableFds::Null, &mut Sources::new(100))
             .expect_err("another inode");
         assert!(matches!(err, ProcessRestoreError::FileChanged { .. }), "{err}");

@@ -214,8 +214,13 @@ pub(crate) fn pid_user(pid: i32) -> String {
             s.lines()
                 .find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().to_owned()))
         });
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
     match tgid {
         Some(t) if t != pid.to_string() => format!("`{comm}` (a thread of process {t})"),
+        _ if zombie => format!("`{comm}`, which has exited but was not reaped by its parent yet"),
         _ => format!("`{comm}`"),
     }
 }

@@ -41,7 +41,12 @@ fn a_counter_continues_from_where_it_stopped_with_the_same_checksum() {
     assert_eq!(next.u64("n"), k + 1, "continues with the next tick");
     assert_eq!(next.u64("pid"), pid as u64);
     assert_eq!(next.hex("checksum"), model_checksum(16, k + 1));
+    // While it is served, it holds a copy of its userfaultfd (so that the agent's
+    // death cannot unregister its memory) ...
+    assert_eq!(userfaultfds(pid), vec![1023]);
     let summary = restored.finish().expect("finish");
+    // ... and no more once it runs alone.
+    assert!(userfaultfds(pid).is_empty());
     let alone = Alone::new(pid);
     assert!(summary.exit.is_none());
     assert!(summary.stats.population.populated);
@@ -49,4 +54,19 @@ fn a_counter_continues_from_where_it_stopped_with_the_same_checksum() {
     let later = out.wait_line(|l| l.is("TICK") && l.u64("n") >= k + 5, T);
     assert_eq!(later.hex("checksum"), model_checksum(16, later.u64("n")));
     drop(alone);
+}
+
+/// The fds of `pid` that are userfaultfds.
+fn userfaultfds(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.as_os_str() == "anon_inode:[userfaultfd]")
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds
 }
