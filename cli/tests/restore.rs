@@ -56,9 +56,18 @@ fn capture_counter(args: &[&str]) -> Captured {
     let img = dir.path().join("c.lzr");
     let mut fx = Fixture::spawn("counter", args).expect("spawn");
     fx.wait_ready(T);
-    let mut last_tick = fx.wait_line(|l| l.is("TICK") && l.u64("n") >= 2, T).u64("n");
+    let mut last_tick = fx
+        .wait_line(|l| l.is("TICK") && l.u64("n") >= 2, T)
+        .u64("n");
     let pid = fx.pid() as i32;
-    ok(&[&"capture", &"--pid", &pid.to_string(), &"-o", &img, &"--kill"]);
+    ok(&[
+        &"capture",
+        &"--pid",
+        &pid.to_string(),
+        &"-o",
+        &img,
+        &"--kill",
+    ]);
     while let Ok(l) = fx.try_wait_line(|l| l.is("TICK"), Duration::from_secs(5)) {
         last_tick = l.u64("n");
     }
@@ -106,7 +115,10 @@ impl Agent {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "lazarus did not exit within {T:?}");
+            assert!(
+                Instant::now() < deadline,
+                "lazarus did not exit within {T:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -180,7 +192,10 @@ fn restore_prints_the_pid_serves_then_leaves_the_process_alone() {
     let started: serde_json::Value = serde_json::from_str(&agent.line()).expect("JSON");
     let pid = started["pid"].as_i64().expect("pid") as i32;
     assert_eq!(pid, c.pid, "the original pid");
-    assert_eq!(started["agent_pid"].as_u64(), Some(u64::from(agent.child.id())));
+    assert_eq!(
+        started["agent_pid"].as_u64(),
+        Some(u64::from(agent.child.id()))
+    );
     let process = Process::new(pid);
     let mut out = c.tail(pid);
     let next = out.wait_tag("TICK", T);
@@ -190,7 +205,11 @@ fn restore_prints_the_pid_serves_then_leaves_the_process_alone() {
     assert!(agent.wait().success());
     assert_eq!(summary["pid"], pid);
     assert!(summary["exit"].is_null(), "{summary}");
-    assert!(summary["stats"]["population"]["populated"].as_bool().unwrap_or(false));
+    assert!(
+        summary["stats"]["population"]["populated"]
+            .as_bool()
+            .unwrap_or(false)
+    );
     assert!(summary["timings"]["running"].as_f64().is_some());
     // The working set was saved beside the image.
     assert!(Path::new(&format!("{}.ws", c.img.display())).exists());
@@ -203,7 +222,14 @@ fn restore_prints_the_pid_serves_then_leaves_the_process_alone() {
 fn the_restored_process_dies_with_its_agent() {
     // 64 MiB of which each tick verifies 1: most pages stay unserved without prefetch.
     let c = capture_counter(&[
-        "--mib", "64", "--verify-mib", "1", "--full-every", "100000", "--interval-ms", "20",
+        "--mib",
+        "64",
+        "--verify-mib",
+        "1",
+        "--full-every",
+        "100000",
+        "--interval-ms",
+        "20",
     ]);
     let mut args = c.restore_args();
     args.push("--no-prefetch".into());
@@ -225,14 +251,25 @@ fn the_restored_process_dies_with_its_agent() {
     // Dead, not stopped or traced: gone, or a zombie until its new parent (the
     // agent's reaper) collects it.
     let state = process.status_field("State:").unwrap_or_default();
-    assert!(state.is_empty() || state.starts_with('Z'), "left in state {state}");
+    assert!(
+        state.is_empty() || state.starts_with('Z'),
+        "left in state {state}"
+    );
 }
 
 #[test]
 fn a_process_that_exits_while_served_is_reported() {
     let c = capture_counter(&[
-        "--mib", "32", "--verify-mib", "1", "--full-every", "100000", "--interval-ms", "20",
-        "--ticks", "8",
+        "--mib",
+        "32",
+        "--verify-mib",
+        "1",
+        "--full-every",
+        "100000",
+        "--interval-ms",
+        "20",
+        "--ticks",
+        "8",
     ]);
     let mut args = c.restore_args();
     args.push("--no-prefetch".into());
@@ -240,8 +277,14 @@ fn a_process_that_exits_while_served_is_reported() {
     let pid: i32 = agent.line().trim().parse().expect("the pid");
     let summary = agent.line();
     assert!(agent.wait().success());
-    assert!(summary.contains(&format!("restored pid {pid}")), "{summary}");
-    assert!(summary.contains("the process exited with status 0"), "{summary}");
+    assert!(
+        summary.contains(&format!("restored pid {pid}")),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("the process exited with status 0"),
+        "{summary}"
+    );
     let log = std::fs::read_to_string(c.file("out.log")).expect("out.log");
     assert!(log.contains("DONE ticks=8"), "{log}");
 }
@@ -253,14 +296,18 @@ fn detach_returns_once_the_process_runs_and_the_agent_serves_in_the_background()
     let mut args = c.restore_args();
     args.extend(["--detach", "--json", "--log"].map(String::from));
     args.push(log.to_string_lossy().into_owned());
-    let out = lazarus(&args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>).collect::<Vec<_>>());
+    let out = lazarus(
+        &args
+            .iter()
+            .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+            .collect::<Vec<_>>(),
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let started: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let pid = started["pid"].as_i64().expect("pid") as i32;
     let agent_pid = started["agent_pid"].as_i64().expect("agent pid") as i32;
     let process = Process::new(pid);
@@ -297,7 +344,12 @@ fn a_corrupt_image_is_refused_before_anything_starts() {
     for img in [&truncated, &flipped] {
         let mut args = c.restore_args();
         args[1] = img.to_string_lossy().into_owned();
-        let out = lazarus(&args.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>).collect::<Vec<_>>());
+        let out = lazarus(
+            &args
+                .iter()
+                .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+                .collect::<Vec<_>>(),
+        );
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("cannot open"), "{err}");

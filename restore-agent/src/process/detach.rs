@@ -72,7 +72,8 @@ pub fn run_in_background() -> io::Result<Background> {
 /// stdout and stderr to `log` (appended, created 0600) or `/dev/null`, so that the
 /// agent holds nothing of the terminal it was started from.
 pub fn quiet_stdio(log: Option<&Path>) -> io::Result<()> {
-    let null: OwnedFd = rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
+    let null: OwnedFd =
+        rustix::fs::open("/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
     sys::redirect_stdio(null.as_raw_fd(), 0..1)?;
     let out: OwnedFd = match log {
         Some(path) => rustix::fs::open(

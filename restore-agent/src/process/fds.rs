@@ -136,9 +136,8 @@ fn reopen(f: &FdState) -> Result<OwnedFd, ProcessRestoreError> {
         FdKind::Regular | FdKind::Directory => {
             let fd = open_checked(&what, path, flags, inode)?;
             if !flags.contains(OFlags::PATH) && f.pos != 0 {
-                rustix::fs::seek(&fd, SeekFrom::Start(f.pos)).map_err(|e| {
-                    refuse(format!("cannot restore its offset {}: {e}", f.pos))
-                })?;
+                rustix::fs::seek(&fd, SeekFrom::Start(f.pos))
+                    .map_err(|e| refuse(format!("cannot restore its offset {}: {e}", f.pos)))?;
             }
             fd
         }
@@ -146,19 +145,18 @@ fn reopen(f: &FdState) -> Result<OwnedFd, ProcessRestoreError> {
         FdKind::Fifo => {
             // Opening a FIFO blocks until the other side is opened too, unless
             // O_NONBLOCK (then a writer without a reader fails with ENXIO).
-            let fd = open_checked(&what, path, flags | OFlags::NONBLOCK, inode).map_err(|e| {
-                match e {
+            let fd = open_checked(&what, path, flags | OFlags::NONBLOCK, inode).map_err(
+                |e| match e {
                     ProcessRestoreError::Open { ref source, .. }
                         if source.raw_os_error() == Some(libc::ENXIO) =>
                     {
                         refuse("a FIFO open for writing needs a reader, and it has none".into())
                     }
                     e => e,
-                }
-            })?;
-            rustix::fs::fcntl_setfl(&fd, flags & !OFlags::ACCMODE).map_err(|e| {
-                refuse(format!("cannot restore its flags: {e}"))
-            })?;
+                },
+            )?;
+            rustix::fs::fcntl_setfl(&fd, flags & !OFlags::ACCMODE)
+                .map_err(|e| refuse(format!("cannot restore its flags: {e}")))?;
             fd
         }
         FdKind::Pipe | FdKind::Socket | FdKind::AnonInode | FdKind::BlockDevice | FdKind::Other => {
@@ -197,7 +195,11 @@ pub(crate) fn plan_fds(
         };
         let install = match (choice, state) {
             (Stdio::Null, _) => {
-                let flags = if fd == 0 { OFlags::RDONLY } else { OFlags::WRONLY };
+                let flags = if fd == 0 {
+                    OFlags::RDONLY
+                } else {
+                    OFlags::WRONLY
+                };
                 let null = open_checked("/dev/null", Path::new("/dev/null"), flags, Check::None)?;
                 Some((sources.add(null)?, false))
             }
@@ -290,7 +292,9 @@ pub(crate) fn check_fds(fds: &[FdState]) -> Result<(), ProcessRestoreError> {
 /// limit (and at most [`KEEPER_FD_MAX`]) that it does not use. `None` if there is
 /// none.
 pub(crate) fn keeper_fd(installs: &[FdInstall], nofile_soft: u64) -> Option<i32> {
-    let limit = i32::try_from(nofile_soft).unwrap_or(i32::MAX).min(KEEPER_FD_MAX + 1);
+    let limit = i32::try_from(nofile_soft)
+        .unwrap_or(i32::MAX)
+        .min(KEEPER_FD_MAX + 1);
     (3..limit)
         .rev()
         .find(|fd| installs.iter().all(|i| i.fd != *fd))
@@ -308,7 +312,10 @@ pub(crate) fn install(
                 libc::SYS_dup3 as u64,
                 [i.from as u64, i.fd as u64, flags, 0, 0, 0],
             )
-            .map_err(ProcessRestoreError::remote(format!("cannot install fd {}", i.fd)))?;
+            .map_err(ProcessRestoreError::remote(format!(
+                "cannot install fd {}",
+                i.fd
+            )))?;
     }
     Ok(())
 }
@@ -321,7 +328,11 @@ pub fn open_stdio_file(stream: i32, path: &Path) -> std::io::Result<OwnedFd> {
     } else {
         OFlags::WRONLY | OFlags::CREATE | OFlags::APPEND
     };
-    Ok(rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::from_raw_mode(0o644))?)
+    Ok(rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?)
 }
 
 #[cfg(test)]
@@ -384,21 +395,45 @@ mod tests {
         check_fds(&fds).expect("valid");
 
         let mut sources = Sources::new(100);
-        let installs =
-            plan_fds(&fds, Default::default(), UnrestorableFds::Refuse, &mut sources).expect("plan as captured");
+        let installs = plan_fds(
+            &fds,
+            Default::default(),
+            UnrestorableFds::Refuse,
+            &mut sources,
+        )
+        .expect("plan as captured");
         assert_eq!(sources.numbers(), vec![100, 101]);
         assert_eq!(
             installs,
             vec![
-                FdInstall { fd: 0, from: 100, cloexec: false },
-                FdInstall { fd: 1, from: 101, cloexec: false },
-                FdInstall { fd: 2, from: 1, cloexec: false },
-                FdInstall { fd: 5, from: 1, cloexec: false },
+                FdInstall {
+                    fd: 0,
+                    from: 100,
+                    cloexec: false
+                },
+                FdInstall {
+                    fd: 1,
+                    from: 101,
+                    cloexec: false
+                },
+                FdInstall {
+                    fd: 2,
+                    from: 1,
+                    cloexec: false
+                },
+                FdInstall {
+                    fd: 5,
+                    from: 1,
+                    cloexec: false
+                },
             ]
         );
         // The reopened file has the captured offset.
         let src = sources.get(101).expect("source");
-        assert_eq!(rustix::fs::seek(src, SeekFrom::Current(0)).expect("tell"), 4);
+        assert_eq!(
+            rustix::fs::seek(src, SeekFrom::Current(0)).expect("tell"),
+            4
+        );
 
         // stdout replaced: stderr and fd 5 share their own reopened file.
         drop(sources);
@@ -411,15 +446,41 @@ mod tests {
             &mut sources,
         )
         .expect("plan");
-        assert_eq!(installs[1], FdInstall { fd: 1, from: 101, cloexec: false });
-        assert_eq!(installs[2], FdInstall { fd: 2, from: 102, cloexec: false });
-        assert_eq!(installs[3], FdInstall { fd: 5, from: 2, cloexec: false });
+        assert_eq!(
+            installs[1],
+            FdInstall {
+                fd: 1,
+                from: 101,
+                cloexec: false
+            }
+        );
+        assert_eq!(
+            installs[2],
+            FdInstall {
+                fd: 2,
+                from: 102,
+                cloexec: false
+            }
+        );
+        assert_eq!(
+            installs[3],
+            FdInstall {
+                fd: 5,
+                from: 2,
+                cloexec: false
+            }
+        );
         drop(sources);
 
         // A pipe cannot be reopened; the error says how to replace it.
         let piped = [state(1, FdKind::Pipe, "pipe:[77]", None)];
-        let err = plan_fds(&piped, Default::default(), UnrestorableFds::Refuse, &mut Sources::new(100))
-            .expect_err("a pipe is refused");
+        let err = plan_fds(
+            &piped,
+            Default::default(),
+            UnrestorableFds::Refuse,
+            &mut Sources::new(100),
+        )
+        .expect_err("a pipe is refused");
         assert!(err.to_string().contains("--stdout"), "{err}");
         // Replaced, it is fine; stdin and stderr the caller chose appear even though
         // the process had none.
@@ -430,31 +491,71 @@ mod tests {
             &mut Sources::new(100),
         )
         .expect("replaced");
-        assert_eq!(installs.iter().map(|i| i.fd).collect::<Vec<_>>(), vec![0, 1, 2]);
+        assert_eq!(
+            installs.iter().map(|i| i.fd).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
         // Other unrestorable fds: /dev/null or closed, when asked.
         let extra = [state(7, FdKind::Socket, "socket:[9]", None)];
         let mut sources = Sources::new(100);
-        let installs = plan_fds(&extra, Default::default(), UnrestorableFds::Null, &mut sources)
-            .expect("null");
-        assert_eq!(installs, vec![FdInstall { fd: 7, from: 100, cloexec: false }]);
-        let installs = plan_fds(&extra, Default::default(), UnrestorableFds::Close, &mut Sources::new(100))
-            .expect("close");
+        let installs = plan_fds(
+            &extra,
+            Default::default(),
+            UnrestorableFds::Null,
+            &mut sources,
+        )
+        .expect("null");
+        assert_eq!(
+            installs,
+            vec![FdInstall {
+                fd: 7,
+                from: 100,
+                cloexec: false
+            }]
+        );
+        let installs = plan_fds(
+            &extra,
+            Default::default(),
+            UnrestorableFds::Close,
+            &mut Sources::new(100),
+        )
+        .expect("close");
         assert!(installs.is_empty());
-        assert!(plan_fds(&extra, Default::default(), UnrestorableFds::Refuse, &mut Sources::new(100)).is_err());
+        assert!(
+            plan_fds(
+                &extra,
+                Default::default(),
+                UnrestorableFds::Refuse,
+                &mut Sources::new(100)
+            )
+            .is_err()
+        );
 
         // A replaced file is refused when it is another file now (created before the
         // old one goes, so that it cannot reuse its inode number).
         let new = dir.path().join("new");
         std::fs::write(&new, b"new").expect("write");
         std::fs::rename(&new, &log).expect("rename");
-        let err = plan_fds(&fds, Default::default(), UnrestorableFds::Null, &mut Sources::new(100))
-            .expect_err("another inode");
-        assert!(matches!(err, ProcessRestoreError::FileChanged { .. }), "{err}");
+        let err = plan_fds(
+            &fds,
+            Default::default(),
+            UnrestorableFds::Null,
+            &mut Sources::new(100),
+        )
+        .expect_err("another inode");
+        assert!(
+            matches!(err, ProcessRestoreError::FileChanged { .. }),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_keeper_fd_avoids_used_numbers_and_respects_the_limit() {
-        let at = |fd| FdInstall { fd, from: 100, cloexec: false };
+        let at = |fd| FdInstall {
+            fd,
+            from: 100,
+            cloexec: false,
+        };
         assert_eq!(keeper_fd(&[at(0), at(1)], 1024), Some(1023));
         assert_eq!(keeper_fd(&[at(1023)], 1 << 20), Some(1022));
         assert_eq!(keeper_fd(&[at(5)], 8), Some(7));

@@ -50,12 +50,9 @@ impl Sources {
 
     /// Adds `fd` as a source; returns its number (in the agent, and so in the helper).
     pub(crate) fn add(&mut self, fd: impl AsFd) -> Result<i32, ProcessRestoreError> {
-        let next = self
-            .fds
-            .last()
-            .map_or(self.base, |f| f.as_raw_fd() + 1);
-        let placed = rustix::io::fcntl_dupfd_cloexec(fd, next)
-            .map_err(|e| ProcessRestoreError::Io {
+        let next = self.fds.last().map_or(self.base, |f| f.as_raw_fd() + 1);
+        let placed =
+            rustix::io::fcntl_dupfd_cloexec(fd, next).map_err(|e| ProcessRestoreError::Io {
                 step: format!(
                     "cannot place a descriptor at fd {next} or above (raise the open-files \
                      limit, `ulimit -n`)"
@@ -106,8 +103,12 @@ pub(crate) fn open_checked(
         path: path.to_path_buf(),
         source,
     };
-    let fd = rustix::fs::open(path, flags | OFlags::CLOEXEC | OFlags::NOCTTY, Mode::empty())
-        .map_err(|e| open_error(e.into()))?;
+    let fd = rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| open_error(e.into()))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| open_error(e.into()))?;
     let changed = |change: String| ProcessRestoreError::FileChanged {
         what: what.to_owned(),
@@ -168,22 +169,17 @@ pub(crate) fn open_checked(
 /// A memfd of `size` bytes named `name` (for a shared memory object of the process).
 pub(crate) fn memfd(name: &[u8], size: u64) -> Result<OwnedFd, ProcessRestoreError> {
     // memfd names are at most 249 bytes and cannot hold NUL.
-    let clean: Vec<u8> = name
-        .iter()
-        .copied()
-        .filter(|&b| b != 0)
-        .take(249)
-        .collect();
+    let clean: Vec<u8> = name.iter().copied().filter(|&b| b != 0).take(249).collect();
     let cname = CString::new(clean).unwrap_or_default();
-    let fd = rustix::fs::memfd_create(cname.as_c_str(), rustix::fs::MemfdFlags::CLOEXEC)
-        .map_err(|e| ProcessRestoreError::Io {
+    let fd = rustix::fs::memfd_create(cname.as_c_str(), rustix::fs::MemfdFlags::CLOEXEC).map_err(
+        |e| ProcessRestoreError::Io {
             step: "cannot create a memfd for shared memory".to_owned(),
             source: e.into(),
-        })?;
+        },
+    )?;
     rustix::fs::ftruncate(&fd, size).map_err(|e| ProcessRestoreError::Io {
         step: format!("cannot size a memfd for shared memory to {size} bytes"),
         source: e.into(),
     })?;
     Ok(fd)
 }
-

@@ -23,32 +23,36 @@ pub(crate) struct Helper {
 
 impl Helper {
     /// Creates the helper (with pid `set_tid` if given) and waits until it is parked.
-    pub(crate) fn spawn(set_tid: Option<i32>, timeout: Duration) -> Result<Self, ProcessRestoreError> {
+    pub(crate) fn spawn(
+        set_tid: Option<i32>,
+        timeout: Duration,
+    ) -> Result<Self, ProcessRestoreError> {
         let (ready_r, ready_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| ProcessRestoreError::Helper {
                 detail: ": cannot create a pipe".to_owned(),
                 source: e.into(),
             })?;
-        let (pid, pidfd) = sys::clone_helper(set_tid, ready_w.as_raw_fd()).map_err(|source| {
-            match (source.raw_os_error(), set_tid) {
-                (Some(libc::EEXIST), Some(pid)) => ProcessRestoreError::PidInUse {
-                    pid,
-                    role: "process".to_owned(),
-                    user: super::plan::pid_user(pid),
-                },
-                (Some(libc::EPERM), Some(pid)) => ProcessRestoreError::Helper {
-                    detail: format!(
-                        " with pid {pid} (choosing a pid needs CAP_SYS_ADMIN or \
+        let (pid, pidfd) =
+            sys::clone_helper(set_tid, ready_w.as_raw_fd()).map_err(|source| {
+                match (source.raw_os_error(), set_tid) {
+                    (Some(libc::EEXIST), Some(pid)) => ProcessRestoreError::PidInUse {
+                        pid,
+                        role: "process".to_owned(),
+                        user: super::plan::pid_user(pid),
+                    },
+                    (Some(libc::EPERM), Some(pid)) => ProcessRestoreError::Helper {
+                        detail: format!(
+                            " with pid {pid} (choosing a pid needs CAP_SYS_ADMIN or \
                          CAP_CHECKPOINT_RESTORE; or restore with --pid any)"
-                    ),
-                    source,
-                },
-                _ => ProcessRestoreError::Helper {
-                    detail: String::new(),
-                    source,
-                },
-            }
-        })?;
+                        ),
+                        source,
+                    },
+                    _ => ProcessRestoreError::Helper {
+                        detail: String::new(),
+                        source,
+                    },
+                }
+            })?;
         drop(ready_w);
         let helper = Self {
             pid,
@@ -92,7 +96,8 @@ impl Helper {
             .timeout(self.timeout)
             .exit_kill(true)
             .trace_clone(true);
-        let process = SeizedProcess::seize(self.pid, options).map_err(ProcessRestoreError::Seize)?;
+        let process =
+            SeizedProcess::seize(self.pid, options).map_err(ProcessRestoreError::Seize)?;
         Ok(self.seized.insert(process))
     }
 

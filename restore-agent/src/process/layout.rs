@@ -54,7 +54,11 @@ pub(crate) enum Setup {
     /// A special mapping: moved, not mapped.
     Special,
     /// Private anonymous memory; `served` when the image holds data for it.
-    Anonymous { growsdown: bool, noreserve: bool, served: bool },
+    Anonymous {
+        growsdown: bool,
+        noreserve: bool,
+        served: bool,
+    },
     /// A private mapping of source `fd` at `offset`.
     FilePrivate { fd: i32, offset: u64 },
     /// A shared mapping of source `fd` (a file or a memfd) at `offset`.
@@ -198,7 +202,12 @@ pub(crate) fn plan_regions(
                         object_name(&f.path),
                     ),
                     // No identity: an object of its own, as long as the region.
-                    None => ((u64::MAX, index as u64), r.len, 0, b"lazarus-shmem".to_vec()),
+                    None => (
+                        (u64::MAX, index as u64),
+                        r.len,
+                        0,
+                        b"lazarus-shmem".to_vec(),
+                    ),
                 };
                 if size > MAX_SHARED_OBJECT_LEN {
                     return Err(ProcessRestoreError::invalid(format!(
@@ -224,7 +233,10 @@ pub(crate) fn plan_regions(
                     "{} {}cannot be recreated (a device or kernel mapping, or a region of an \
                      imported memory file)",
                     describe(),
-                    r.name.as_deref().map(|n| format!("{n} ")).unwrap_or_default()
+                    r.name
+                        .as_deref()
+                        .map(|n| format!("{n} "))
+                        .unwrap_or_default()
                 )));
             }
         };
@@ -331,11 +343,12 @@ fn fill_object(
                 .map_err(|source| ProcessRestoreError::Image { addr: at, source })?;
             let mut done = 0;
             while done < n {
-                done += rustix::io::pwrite(object, &buf[done..], in_object + done as u64)
-                    .map_err(|e| ProcessRestoreError::Io {
+                done += rustix::io::pwrite(object, &buf[done..], in_object + done as u64).map_err(
+                    |e| ProcessRestoreError::Io {
                         step: "cannot write shared memory into its memfd".to_owned(),
                         source: e.into(),
-                    })?;
+                    },
+                )?;
             }
             at += n as u64;
         }
@@ -364,7 +377,9 @@ pub(crate) fn empty_helper(
                     0,
                 ],
             )
-            .map_err(ProcessRestoreError::remote("cannot unregister the helper's rseq area"))?;
+            .map_err(ProcessRestoreError::remote(
+                "cannot unregister the helper's rseq area",
+            ))?;
     }
     let close = |session: &mut RemoteSession<'_>, first: u32, last: u32| {
         session
@@ -480,10 +495,9 @@ pub(crate) fn map_regions(
             );
             match result {
                 Ok(_) => {}
-                Err(e) if !fatal => log::warn!(
-                    "region {:#x}: madvise({advice}) not restored: {e}",
-                    p.start
-                ),
+                Err(e) if !fatal => {
+                    log::warn!("region {:#x}: madvise({advice}) not restored: {e}", p.start);
+                }
                 Err(e) => {
                     return Err(ProcessRestoreError::Remote {
                         step: format!("region {:#x}: cannot restore madvise({advice})", p.start),
@@ -506,14 +520,17 @@ pub(crate) fn name_regions(
     if named.is_empty() {
         return Ok(());
     }
-    let mut scratch = RemoteScratch::map(session, ANON_NAME_MAX + 1)
-        .map_err(ProcessRestoreError::remote("cannot map scratch memory in the helper"))?;
+    let mut scratch = RemoteScratch::map(session, ANON_NAME_MAX + 1).map_err(
+        ProcessRestoreError::remote("cannot map scratch memory in the helper"),
+    )?;
     for p in named {
         let mut name = p.anon_name.clone().unwrap_or_default();
         name.push(0);
         scratch
             .write(0, &name)
-            .map_err(ProcessRestoreError::remote("cannot write into scratch memory"))?;
+            .map_err(ProcessRestoreError::remote(
+                "cannot write into scratch memory",
+            ))?;
         let addr = scratch.addr();
         if let Err(e) = scratch.session().syscall_ok(
             libc::SYS_prctl as u64,
@@ -522,9 +539,9 @@ pub(crate) fn name_regions(
             log::warn!("region {:#x}: its name is not restored: {e}", p.start);
         }
     }
-    scratch
-        .unmap()
-        .map_err(ProcessRestoreError::remote("cannot unmap scratch memory in the helper"))
+    scratch.unmap().map_err(ProcessRestoreError::remote(
+        "cannot unmap scratch memory in the helper",
+    ))
 }
 
 /// Writes the copied-on-write pages of private file mappings into the helper.
@@ -551,6 +568,9 @@ mod tests {
     fn shared_object_names() {
         assert_eq!(object_name("/memfd:shm-a (deleted)".as_ref()), b"shm-a");
         assert_eq!(object_name("/dev/zero (deleted)".as_ref()), b"dev/zero");
-        assert_eq!(object_name("/SYSV0000002a (deleted)".as_ref()), b"SYSV0000002a");
+        assert_eq!(
+            object_name("/SYSV0000002a (deleted)".as_ref()),
+            b"SYSV0000002a"
+        );
     }
 }

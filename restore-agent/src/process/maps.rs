@@ -78,8 +78,12 @@ fn parse(source: impl Read) -> std::io::Result<Vec<MapsEntry>> {
         if out.len() == MAX_MAPS_LINES {
             return Err(invalid(format!("more than {MAX_MAPS_LINES} mappings")));
         }
-        let entry = parse_line(&line)
-            .ok_or_else(|| invalid(format!("bad maps line {:?}", String::from_utf8_lossy(&line))))?;
+        let entry = parse_line(&line).ok_or_else(|| {
+            invalid(format!(
+                "bad maps line {:?}",
+                String::from_utf8_lossy(&line)
+            ))
+        })?;
         out.push(entry);
     }
 }
@@ -90,7 +94,8 @@ mod tests {
 
     #[test]
     fn parses_names_with_spaces_and_anonymous_lines() {
-        let text = b"7f9a57d1a000-7f9a57d1e000 r--p 00000000 00:00 0                          [vvar]\n\
+        let text =
+            b"7f9a57d1a000-7f9a57d1e000 r--p 00000000 00:00 0                          [vvar]\n\
 55d0c0a00000-55d0c0a21000 rw-p 00000000 00:00 0\n\
 7f00-8f00 r-xp 00001000 08:01 1234                       /tmp/a b (deleted)\n";
         let maps = parse(&text[..]).expect("parse");

@@ -189,7 +189,7 @@ pub fn restore_process(
         server.prefetch_first = ws.chunks().to_vec();
     }
     server.record_working_set |= opts.working_set.save;
-    let plan = plan::Plan::build(image, &mut opts)?;
+    let plan = plan::Plan::build(&image, &mut opts)?;
     let timings = Timings {
         planned: t0.elapsed(),
         ..Timings::default()
@@ -203,7 +203,7 @@ pub fn restore_process(
     let thread = std::thread::Builder::new()
         .name("lazarus-restore".into())
         .spawn(move || {
-            let result = run::restore(plan, server, mode, t0, timings);
+            let result = run::restore(image, plan, server, mode, t0, timings);
             let started = result.is_ok();
             if result_tx.send(result).is_ok() && started {
                 // The process's parent thread: live until the handle lets it go.

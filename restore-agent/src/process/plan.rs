@@ -4,7 +4,6 @@
 //! the pids. A refusal here leaves nothing behind: no process exists yet.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use rustix::fs::OFlags;
 use snapshot_format::Image;
@@ -29,7 +28,6 @@ const SOURCE_ROOM: u64 = 4096;
 /// What the restore will do, decided and checked (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Plan {
-    pub(crate) image: Arc<Image>,
     /// The captured pid (the leader's tid).
     pub(crate) leader: i32,
     /// Recreate the original pid and tids.
@@ -58,7 +56,7 @@ pub(crate) struct Plan {
 impl Plan {
     /// The process state of the image (see the module docs).
     pub(crate) fn build(
-        image: Arc<Image>,
+        image: &Image,
         opts: &mut ProcessRestoreOptions,
     ) -> Result<Self, ProcessRestoreError> {
         let meta = image.metadata();
@@ -73,14 +71,16 @@ impl Plan {
             )));
         }
         let page = rustix::param::page_size() as u64;
-        if u64::from(image.page_size()) != page || meta.page_size.is_some_and(|p| u64::from(p) != page) {
+        if u64::from(image.page_size()) != page
+            || meta.page_size.is_some_and(|p| u64::from(p) != page)
+        {
             return Err(ProcessRestoreError::unsupported(format!(
                 "the image's page size is {}, this system's {page}",
                 image.page_size()
             )));
         }
-        let running = String::from_utf8_lossy(rustix::system::uname().release().to_bytes())
-            .into_owned();
+        let running =
+            String::from_utf8_lossy(rustix::system::uname().release().to_bytes()).into_owned();
         match &meta.kernel_release {
             Some(captured) if *captured == running => {}
             Some(captured) => {
@@ -107,7 +107,7 @@ impl Plan {
             &read_maps(0).map_err(ProcessRestoreError::io("cannot read /proc/self/maps"))?,
             "this process",
         )?;
-        let specials = Specials::from_image(&image)?;
+        let specials = Specials::from_image(image)?;
         ours.check_same_layout(&specials)?;
         let vdso = ours.vdso();
         let mut code = vec![0u8; vdso.len as usize];
@@ -117,7 +117,7 @@ impl Plan {
                 step: "cannot read this process's own vdso".to_owned(),
                 source: std::io::Error::other(e),
             })?;
-        check_vdso_code(&image, &code)?;
+        check_vdso_code(image, &code)?;
 
         let set_tids = opts.pid == PidChoice::Original;
         if set_tids {
@@ -125,7 +125,7 @@ impl Plan {
         }
         check_fds(&state.fds)?;
         check_rlimits(&state.rlimits)?;
-        if state.auxv.len() > MAX_AUXV_WORDS || state.auxv.len() % 2 != 0 {
+        if state.auxv.len() > MAX_AUXV_WORDS || !state.auxv.len().is_multiple_of(2) {
             return Err(ProcessRestoreError::invalid(format!(
                 "an auxiliary vector of {} words",
                 state.auxv.len()
@@ -136,7 +136,7 @@ impl Plan {
         let base = state.fds.last().map_or(3, |f| f.fd + 1).max(3);
         ensure_fd_room(base)?;
         let mut sources = Sources::new(base);
-        let (regions, cow) = plan_regions(&image, &state.vma_flags, &mut sources)?;
+        let (regions, cow) = plan_regions(image, &state.vma_flags, &mut sources)?;
         let stdio = std::mem::take(&mut opts.stdio);
         let fds = plan_fds(&state.fds, stdio, opts.unrestorable_fds, &mut sources)?;
         let exe_fd = match &meta.exe {
@@ -198,7 +198,6 @@ impl Plan {
             signal_actions: state.signal_actions.clone(),
             rlimits: state.rlimits.clone(),
             stop: opts.stopped || state.job_stop_signal.is_some(),
-            image: Arc::clone(&image),
         })
     }
 }
@@ -216,7 +215,10 @@ pub(crate) fn pid_user(pid: i32) -> String {
         });
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false);
     match tgid {
         Some(t) if t != pid.to_string() => format!("`{comm}` (a thread of process {t})"),

@@ -18,7 +18,9 @@
 //! no mapping of the old one remains (the helper's are gone by then).
 
 use snapshot_format::process::{MmFields, ResourceLimit as CapturedLimit, SignalAction};
-use tracee::{KernelSigaction, RLIMIT_COUNT, RemoteScratch, RemoteSession, ResourceLimit, SeizedProcess};
+use tracee::{
+    KernelSigaction, RLIMIT_COUNT, RemoteScratch, RemoteSession, ResourceLimit, SeizedProcess,
+};
 
 use super::error::ProcessRestoreError;
 
@@ -39,7 +41,12 @@ pub const MAX_AUXV_WORDS: usize = 1024;
 const FIXED_SIGNALS: [i32; 2] = [libc::SIGKILL, libc::SIGSTOP];
 
 /// Builds the `struct prctl_mm_map` with `auxv` at `auxv_addr`.
-fn mm_map_bytes(mm: &MmFields, auxv_addr: u64, auxv_words: usize, exe_fd: Option<i32>) -> [u8; MM_MAP_LEN] {
+fn mm_map_bytes(
+    mm: &MmFields,
+    auxv_addr: u64,
+    auxv_words: usize,
+    exe_fd: Option<i32>,
+) -> [u8; MM_MAP_LEN] {
     let mut out = [0u8; MM_MAP_LEN];
     let fields = [
         mm.start_code,
@@ -73,8 +80,9 @@ pub(crate) fn set_mm(
     exe_fd: Option<i32>,
 ) -> Result<(), ProcessRestoreError> {
     let len = MM_MAP_LEN + auxv.len() * 8;
-    let mut scratch = RemoteScratch::map(session, len)
-        .map_err(ProcessRestoreError::remote("cannot map scratch memory in the helper"))?;
+    let mut scratch = RemoteScratch::map(session, len).map_err(ProcessRestoreError::remote(
+        "cannot map scratch memory in the helper",
+    ))?;
     let base = scratch.addr();
     let auxv_addr = base + MM_MAP_LEN as u64;
     let mut bytes = mm_map_bytes(mm, auxv_addr, auxv.len(), exe_fd).to_vec();
@@ -83,7 +91,9 @@ pub(crate) fn set_mm(
     }
     scratch
         .write(0, &bytes)
-        .map_err(ProcessRestoreError::remote("cannot write into scratch memory"))?;
+        .map_err(ProcessRestoreError::remote(
+            "cannot write into scratch memory",
+        ))?;
     scratch
         .session()
         .syscall_ok(
@@ -95,9 +105,9 @@ pub(crate) fn set_mm(
              PR_SET_MM_MAP; needs CAP_SYS_RESOURCE and a kernel with \
              CONFIG_CHECKPOINT_RESTORE)",
         ))?;
-    scratch
-        .unmap()
-        .map_err(ProcessRestoreError::remote("cannot unmap scratch memory in the helper"))
+    scratch.unmap().map_err(ProcessRestoreError::remote(
+        "cannot unmap scratch memory in the helper",
+    ))
 }
 
 /// Sets the working directory (`fchdir` to a source), umask and personality.
@@ -110,10 +120,15 @@ pub(crate) fn set_basics(
     if let Some(fd) = cwd_fd {
         session
             .syscall_ok(libc::SYS_fchdir as u64, [fd as u64, 0, 0, 0, 0, 0])
-            .map_err(ProcessRestoreError::remote("cannot restore the working directory"))?;
+            .map_err(ProcessRestoreError::remote(
+                "cannot restore the working directory",
+            ))?;
     }
     session
-        .syscall_ok(libc::SYS_umask as u64, [u64::from(umask & 0o777), 0, 0, 0, 0, 0])
+        .syscall_ok(
+            libc::SYS_umask as u64,
+            [u64::from(umask & 0o777), 0, 0, 0, 0, 0],
+        )
         .map_err(ProcessRestoreError::remote("cannot restore the umask"))?;
     // personality(0xffffffff) only queries: never pass that.
     if personality != u32::MAX {
@@ -122,7 +137,9 @@ pub(crate) fn set_basics(
                 libc::SYS_personality as u64,
                 [u64::from(personality), 0, 0, 0, 0, 0],
             )
-            .map_err(ProcessRestoreError::remote("cannot restore the personality"))?;
+            .map_err(ProcessRestoreError::remote(
+                "cannot restore the personality",
+            ))?;
     }
     Ok(())
 }
@@ -168,13 +185,17 @@ pub(crate) fn set_sigactions(
 ) -> Result<(), ProcessRestoreError> {
     session
         .set_sigactions(actions)
-        .map_err(ProcessRestoreError::remote("cannot restore the signal handlers"))
+        .map_err(ProcessRestoreError::remote(
+            "cannot restore the signal handlers",
+        ))
 }
 
 /// Checks the captured resource limits.
 pub(crate) fn check_rlimits(limits: &[CapturedLimit]) -> Result<(), ProcessRestoreError> {
     if limits.len() > RLIMIT_COUNT as usize
-        || limits.iter().any(|l| l.resource >= RLIMIT_COUNT || l.soft > l.hard)
+        || limits
+            .iter()
+            .any(|l| l.resource >= RLIMIT_COUNT || l.soft > l.hard)
     {
         return Err(ProcessRestoreError::invalid("resource limits"));
     }
@@ -221,9 +242,12 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b[96..100].try_into().unwrap()), 32);
         assert_eq!(u32::from_le_bytes(b[100..104].try_into().unwrap()), 7);
         let none = mm_map_bytes(&mm, 0, 0, None);
-        assert_eq!(u32::from_le_bytes(none[100..104].try_into().unwrap()), u32::MAX);
-        use std::mem::offset_of;
+        assert_eq!(
+            u32::from_le_bytes(none[100..104].try_into().unwrap()),
+            u32::MAX
+        );
         use linux_raw_sys::prctl::prctl_mm_map;
+        use std::mem::offset_of;
         assert_eq!(offset_of!(prctl_mm_map, auxv), 88);
         assert_eq!(offset_of!(prctl_mm_map, auxv_size), 96);
         assert_eq!(offset_of!(prctl_mm_map, exe_fd), 100);
@@ -248,7 +272,10 @@ mod tests {
         assert_eq!(set[0].1.handler, 0x4000);
         // A shorter list means SIG_DFL for the rest: SIGPIPE must be reset.
         let set = sigactions_to_set(&captured[..2], &current).expect("valid");
-        assert!(set.iter().any(|(s, a)| *s == libc::SIGPIPE && a.handler == 0));
+        assert!(
+            set.iter()
+                .any(|(s, a)| *s == libc::SIGPIPE && a.handler == 0)
+        );
         assert!(sigactions_to_set(&vec![SignalAction::default(); 65], &current).is_err());
     }
 }

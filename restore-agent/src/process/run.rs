@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use snapshot_format::Image;
 use tracee::{KernelSigaction, RemoteSession};
 
 use super::error::ProcessRestoreError;
@@ -61,8 +62,9 @@ pub(crate) struct Mode {
 /// agent ignores stay ignored; the kernel may or may not clear their other fields, so
 /// they get a value that never matches a captured one (they are always set).
 fn helper_dispositions() -> Result<Vec<KernelSigaction>, ProcessRestoreError> {
-    let ours = sys::signal_dispositions()
-        .map_err(ProcessRestoreError::io("cannot read this process's signal dispositions"))?;
+    let ours = sys::signal_dispositions().map_err(ProcessRestoreError::io(
+        "cannot read this process's signal dispositions",
+    ))?;
     Ok(ours
         .into_iter()
         .map(|a| {
@@ -94,6 +96,7 @@ fn call(
 
 /// Restores the process described by `plan` (see the module docs of `process`).
 pub(crate) fn restore(
+    image: Arc<Image>,
     mut plan: Plan,
     server_opts: ServerOptions,
     mode: Mode,
@@ -111,10 +114,16 @@ pub(crate) fn restore(
     // Last checks on the helper itself, before anything is changed.
     let xstate_len = process
         .xstate(pid)
-        .map_err(ProcessRestoreError::thread("cannot read the helper's XSAVE area"))?
+        .map_err(ProcessRestoreError::thread(
+            "cannot read the helper's XSAVE area",
+        ))?
         .bytes
         .len();
-    if let Some(t) = plan.threads.iter().find(|t| t.xstate.bytes.len() != xstate_len) {
+    if let Some(t) = plan
+        .threads
+        .iter()
+        .find(|t| t.xstate.bytes.len() != xstate_len)
+    {
         return Err(ProcessRestoreError::unsupported(format!(
             "thread {} has an XSAVE area of {} bytes; this machine's is {xstate_len} bytes (a \
              CPU with other vector extensions)",
@@ -124,12 +133,14 @@ pub(crate) fn restore(
     }
     let rseq = process
         .rseq_configuration(pid)
-        .map_err(ProcessRestoreError::thread("cannot read the helper's rseq registration"))?;
+        .map_err(ProcessRestoreError::thread(
+            "cannot read the helper's rseq registration",
+        ))?;
     let maps = read_maps(pid).map_err(ProcessRestoreError::io("cannot read the helper's maps"))?;
     let current = Specials::from_maps(&maps, "the helper")?;
-    let site = process
-        .syscall_site()
-        .map_err(ProcessRestoreError::remote("cannot find a syscall instruction in the helper"))?;
+    let site = process.syscall_site().map_err(ProcessRestoreError::remote(
+        "cannot find a syscall instruction in the helper",
+    ))?;
     let vdso = current.vdso();
     if !(vdso.start..vdso.start + vdso.len).contains(&site) {
         return Err(ProcessRestoreError::unsupported(
@@ -168,7 +179,14 @@ pub(crate) fn restore(
                 call(
                     &mut session,
                     libc::SYS_dup3,
-                    [created as u64, keeper as u64, libc::O_CLOEXEC as u64, 0, 0, 0],
+                    [
+                        created as u64,
+                        keeper as u64,
+                        libc::O_CLOEXEC as u64,
+                        0,
+                        0,
+                        0,
+                    ],
                     "cannot move the userfaultfd",
                 )?;
                 call(
@@ -186,7 +204,10 @@ pub(crate) fn restore(
             .map_err(ProcessRestoreError::remote("cannot end the remote session"))?;
         target
     };
-    drop(std::mem::replace(&mut plan.sources, super::files::Sources::new(0)));
+    drop(std::mem::replace(
+        &mut plan.sources,
+        super::files::Sources::new(0),
+    ));
     timings.layout = t0.elapsed();
 
     // The userfaultfd, from here, and the fault server.
@@ -196,22 +217,26 @@ pub(crate) fn restore(
             step: "cannot take the helper's userfaultfd (pidfd_getfd)".to_owned(),
             source: std::io::Error::other(e),
         })?;
-    let uffd = Userfaultfd::adopt(fd, REQUIRED_FEATURES).map_err(ProcessRestoreError::Userfaultfd)?;
+    let uffd =
+        Userfaultfd::adopt(fd, REQUIRED_FEATURES).map_err(ProcessRestoreError::Userfaultfd)?;
     let mut mappings = Vec::new();
     for r in plan.regions.iter().filter(|r| r.served()) {
-        uffd::register(uffd.as_fd(), Range::new(r.start, r.len), RegisterMode::MISSING).map_err(
-            |source| ProcessRestoreError::Io {
-                step: format!(
-                    "cannot register region {:#x}-{:#x} with userfaultfd",
-                    r.start,
-                    r.start + r.len
-                ),
-                source,
-            },
-        )?;
+        uffd::register(
+            uffd.as_fd(),
+            Range::new(r.start, r.len),
+            RegisterMode::MISSING,
+        )
+        .map_err(|source| ProcessRestoreError::Io {
+            step: format!(
+                "cannot register region {:#x}-{:#x} with userfaultfd",
+                r.start,
+                r.start + r.len
+            ),
+            source,
+        })?;
         mappings.push(Mapping::new(r.start, r.start, r.len));
     }
-    let server = FaultServer::start(Arc::clone(&plan.image), server_opts)?;
+    let server = FaultServer::start(image, server_opts)?;
     let space = if mappings.is_empty() {
         drop(uffd);
         None
@@ -219,7 +244,9 @@ pub(crate) fn restore(
         Some(server.add_space(uffd, &mappings)?)
     };
 
-    if mode.eager && let Some(space) = space {
+    if mode.eager
+        && let Some(space) = space
+    {
         // Everything in before the process runs (and before the rseq registrations
         // below write into its memory: no fault at all).
         populate(&server)?;

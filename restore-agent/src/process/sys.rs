@@ -39,9 +39,10 @@ fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
 
 /// What the helper runs in the child (see the module docs). Never returns.
 fn helper_main(ready: RawFd, agent: libc::pid_t) -> ! {
-    // SAFETY: raw system calls with integer arguments and, for `write`, a pointer to
-    // one byte on this stack; nothing here allocates, locks or unwinds, which is what
-    // a forked child of a multi-threaded process may do.
+    // Each block below is one raw system call with integer arguments (and, for
+    // `write`, a pointer to one byte on this stack): nothing allocates, locks or
+    // unwinds, which is all a forked child of a multi-threaded process may do.
+    // SAFETY: see above.
     unsafe {
         libc::syscall(
             libc::SYS_prctl,
@@ -50,15 +51,21 @@ fn helper_main(ready: RawFd, agent: libc::pid_t) -> ! {
             0,
             0,
             0,
-        );
-        if libc::syscall(libc::SYS_getppid) != libc::c_long::from(agent) {
-            libc::syscall(libc::SYS_exit_group, 1);
-        }
-        let byte = b'r';
-        libc::syscall(libc::SYS_write, ready, &raw const byte, 1usize);
-        loop {
-            libc::syscall(libc::SYS_pause);
-        }
+        )
+    };
+    // SAFETY: see above.
+    let parent = unsafe { libc::syscall(libc::SYS_getppid) };
+    if parent != libc::c_long::from(agent) {
+        // The agent died before the prctl took effect: nobody will drive us.
+        // SAFETY: see above.
+        unsafe { libc::syscall(libc::SYS_exit_group, 1) };
+    }
+    let byte = b'r';
+    // SAFETY: see above; `byte` lives on this stack for the call.
+    unsafe { libc::syscall(libc::SYS_write, ready, &raw const byte, 1usize) };
+    loop {
+        // SAFETY: see above.
+        unsafe { libc::syscall(libc::SYS_pause) };
     }
 }
 
@@ -68,7 +75,10 @@ fn helper_main(ready: RawFd, agent: libc::pid_t) -> ! {
 ///
 /// `CLONE_CLEAR_SIGHAND` resets every handled signal to `SIG_DFL` in the child (ignored
 /// ones stay ignored): no handler of the agent can ever run in it.
-pub(crate) fn clone_helper(set_tid: Option<libc::pid_t>, ready: RawFd) -> io::Result<(i32, OwnedFd)> {
+pub(crate) fn clone_helper(
+    set_tid: Option<libc::pid_t>,
+    ready: RawFd,
+) -> io::Result<(i32, OwnedFd)> {
     let agent = rustix::process::getpid().as_raw_nonzero().get();
     let tids = [set_tid.unwrap_or(0)];
     let mut pidfd: libc::c_int = -1;

@@ -100,7 +100,9 @@ pub(crate) fn plan_threads(
             )));
         }
         if plans.iter().any(|p: &ThreadPlan| p.tid == tid) {
-            return Err(ProcessRestoreError::invalid(format!("thread {tid} listed twice")));
+            return Err(ProcessRestoreError::invalid(format!(
+                "thread {tid} listed twice"
+            )));
         }
         let bytes: &[u8; GeneralRegisters::LEN] = t.regs.as_slice().try_into().map_err(|_| {
             ProcessRestoreError::invalid(format!(
@@ -170,11 +172,12 @@ pub(crate) fn create_threads(
     if plans.len() < 2 {
         return Ok(tids);
     }
-    let mut session = process
-        .remote(helper)
-        .map_err(ProcessRestoreError::remote("cannot drive the helper to create threads"))?;
-    let mut scratch = RemoteScratch::map(&mut session, CLONE_ARGS_LEN + 8)
-        .map_err(ProcessRestoreError::remote("cannot map scratch memory in the helper"))?;
+    let mut session = process.remote(helper).map_err(ProcessRestoreError::remote(
+        "cannot drive the helper to create threads",
+    ))?;
+    let mut scratch = RemoteScratch::map(&mut session, CLONE_ARGS_LEN + 8).map_err(
+        ProcessRestoreError::remote("cannot map scratch memory in the helper"),
+    )?;
     let args_addr = scratch.addr();
     let tid_addr = args_addr + CLONE_ARGS_LEN as u64;
     for plan in &plans[1..] {
@@ -212,9 +215,9 @@ pub(crate) fn create_threads(
             })?;
         tids.push(tid as i32);
     }
-    scratch
-        .unmap()
-        .map_err(ProcessRestoreError::remote("cannot unmap scratch memory in the helper"))?;
+    scratch.unmap().map_err(ProcessRestoreError::remote(
+        "cannot unmap scratch memory in the helper",
+    ))?;
     session
         .finish()
         .map_err(ProcessRestoreError::remote("cannot end the remote session"))?;
@@ -246,7 +249,9 @@ pub(crate) fn set_thread_state(
                 libc::SYS_set_robust_list as u64,
                 [plan.robust.head, ROBUST_LIST_HEAD_LEN, 0, 0, 0, 0],
             )
-            .map_err(ProcessRestoreError::remote(step("set the robust futex list")))?;
+            .map_err(ProcessRestoreError::remote(step(
+                "set the robust futex list",
+            )))?;
     }
     // [0, 24): stack_t { ss_sp, ss_flags (+ pad), ss_size }; [32, 48): the name.
     let mut scratch = RemoteScratch::map(&mut session, 48)
@@ -266,7 +271,9 @@ pub(crate) fn set_thread_state(
     block[32..32 + plan.comm.len()].copy_from_slice(&plan.comm);
     scratch
         .write(0, &block)
-        .map_err(ProcessRestoreError::remote(step("write into scratch memory")))?;
+        .map_err(ProcessRestoreError::remote(step(
+            "write into scratch memory",
+        )))?;
     scratch
         .session()
         .syscall_ok(libc::SYS_sigaltstack as u64, [base, 0, 0, 0, 0, 0])
@@ -311,7 +318,9 @@ pub(crate) fn set_registers(
     let step = |what: &str| format!("thread {}: cannot set its {what}", plan.tid);
     process
         .set_xstate(tid, &plan.xstate)
-        .map_err(ProcessRestoreError::thread(step("FP/vector state (NT_X86_XSTATE)")))?;
+        .map_err(ProcessRestoreError::thread(step(
+            "FP/vector state (NT_X86_XSTATE)",
+        )))?;
     process
         .set_registers(tid, &plan.regs)
         .map_err(ProcessRestoreError::thread(step("registers")))?;
@@ -381,7 +390,10 @@ mod tests {
     #[test]
     fn clone_args_layout() {
         let args = clone_args(0x1234);
-        assert_eq!(u64::from_le_bytes(args[0..8].try_into().unwrap()), THREAD_FLAGS);
+        assert_eq!(
+            u64::from_le_bytes(args[0..8].try_into().unwrap()),
+            THREAD_FLAGS
+        );
         assert_eq!(u64::from_le_bytes(args[64..72].try_into().unwrap()), 0x1234);
         assert_eq!(u64::from_le_bytes(args[72..80].try_into().unwrap()), 1);
         assert_eq!(clone_args(0)[64..80], [0u8; 16]);

@@ -66,7 +66,11 @@ pub(crate) struct Specials {
 impl Specials {
     fn new(mut list: Vec<Special>, whose: &str) -> Result<Self, ProcessRestoreError> {
         list.sort_by_key(|s| s.start);
-        for kind in [SpecialKind::Vvar, SpecialKind::VvarVclock, SpecialKind::Vdso] {
+        for kind in [
+            SpecialKind::Vvar,
+            SpecialKind::VvarVclock,
+            SpecialKind::Vdso,
+        ] {
             if list.iter().filter(|s| s.kind == kind).count() > 1 {
                 return Err(ProcessRestoreError::VdsoMismatch {
                     reason: format!("{whose} has more than one {}", kind.name()),
@@ -186,7 +190,11 @@ pub(crate) fn check_vdso_code(image: &Image, ours: &[u8]) -> Result<(), ProcessR
             source,
         })?;
     if captured != ours {
-        let at = captured.iter().zip(ours).position(|(a, b)| a != b).unwrap_or(0);
+        let at = captured
+            .iter()
+            .zip(ours)
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
         return Err(ProcessRestoreError::VdsoMismatch {
             reason: format!("the vdso code differs (first at byte {at:#x})"),
         });
@@ -268,6 +276,8 @@ fn shift(
     let site = session.syscall_site() - old_vdso + new_vdso;
     session
         .set_syscall_site(site)
-        .map_err(ProcessRestoreError::remote("cannot use the moved vdso for remote calls"))?;
+        .map_err(ProcessRestoreError::remote(
+            "cannot use the moved vdso for remote calls",
+        ))?;
     Ok(moved)
 }

@@ -14,7 +14,10 @@ fn a_process_captured_in_nanosleep_wakes_up_after_restore() {
     // EINTR, and std's sleep goes on with the remaining time).
     std::thread::sleep(Duration::from_millis(200));
     let c = capture_running(fx, dir, vec![ready]);
-    assert!(c.lines.iter().all(|l| !l.is("WOKE")), "captured before it woke");
+    assert!(
+        c.lines.iter().all(|l| !l.is("WOKE")),
+        "captured before it woke"
+    );
     let restored = restore(&c, options(&c));
     let pid = restored.pid();
     let mut out = tail(&c, pid);

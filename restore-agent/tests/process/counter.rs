@@ -62,8 +62,7 @@ fn userfaultfds(pid: i32) -> Vec<i32> {
         .expect("fd dir")
         .flatten()
         .filter(|e| {
-            std::fs::read_link(e.path())
-                .is_ok_and(|t| t.as_os_str() == "anon_inode:[userfaultfd]")
+            std::fs::read_link(e.path()).is_ok_and(|t| t.as_os_str() == "anon_inode:[userfaultfd]")
         })
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();

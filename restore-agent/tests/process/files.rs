@@ -14,7 +14,12 @@ use crate::support::{
 
 fn capture_filemap() -> Captured {
     capture_dir_fixture("filemap", |dir| {
-        vec!["--dir".to_owned(), dir.to_str().expect("utf-8").to_owned(), "--interval-ms".into(), "20".into()]
+        vec![
+            "--dir".to_owned(),
+            dir.to_str().expect("utf-8").to_owned(),
+            "--interval-ms".into(),
+            "20".into(),
+        ]
     })
 }
 
@@ -92,7 +97,10 @@ fn a_changed_mapped_file_is_refused_before_anything_starts() {
 /// This process's children (over all its threads).
 fn children() -> Vec<String> {
     let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("tasks").flatten() {
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
         if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
             out.extend(list.split_whitespace().map(str::to_owned));
         }

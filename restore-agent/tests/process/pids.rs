@@ -56,7 +56,7 @@ fn a_taken_pid_is_refused_clearly_and_any_pid_works() {
     };
     capture_process(fx.pid() as i32, &opts, &mut ()).expect("capture");
     let image = Arc::new(Image::open(&path).expect("open"));
-    let c = Captured::from_image(dir, path, image, fx.pid() as i32);
+    let c = Captured::from_image(dir, image, fx.pid() as i32);
     match restore_result(&c, options(&c)) {
         Err(e @ ProcessRestoreError::PidInUse { .. }) => {
             let text = e.to_string();

@@ -4,8 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::{
-    Alone, T, assert_memory_matches, capture_running, options, restore, signal, spawn_command,
-    tail,
+    Alone, T, assert_memory_matches, capture_running, options, restore, signal, spawn_command, tail,
 };
 
 /// The system's interpreter (not a pyenv shim: a real ELF program).

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,6 @@ pub(crate) struct Captured {
     pub(crate) dir: tempfile::TempDir,
     /// Other directories the test keeps until the end.
     kept: Vec<tempfile::TempDir>,
-    pub(crate) path: PathBuf,
     pub(crate) image: Arc<Image>,
     /// The original's pid.
     pub(crate) pid: i32,
@@ -43,16 +42,10 @@ impl Captured {
     }
 
     /// An image captured some other way (no lines recorded).
-    pub(crate) fn from_image(
-        dir: tempfile::TempDir,
-        path: PathBuf,
-        image: Arc<Image>,
-        pid: i32,
-    ) -> Self {
+    pub(crate) fn from_image(dir: tempfile::TempDir, image: Arc<Image>, pid: i32) -> Self {
         Self {
             dir,
             kept: Vec::new(),
-            path,
             image,
             pid,
             lines: Vec::new(),
@@ -106,21 +99,26 @@ pub(crate) fn spawn(name: &str, args: &[&str]) -> Fixture {
 /// Starts `command` as a fixture (see [`spawn`]); `name` labels messages.
 pub(crate) fn spawn_command(name: &str, mut command: std::process::Command) -> Fixture {
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure only makes the close_range system call (async-signal-safe),
-    // closing descriptors of the child after its standard streams are in place.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let close_others = || {
+        // SAFETY: close_range takes integers; it closes descriptors of the child, after
+        // its standard streams are in place.
+        let ret = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        if ret != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes one system call, which is async-signal-safe.
+    unsafe { command.pre_exec(close_others) };
     Fixture::from_command(name, command).expect("spawn the fixture")
 }
 
 /// Captures the running `fx` (see [`capture_fixture`]).
-pub(crate) fn capture_running(mut fx: Fixture, dir: tempfile::TempDir, mut lines: Vec<Line>) -> Captured {
+pub(crate) fn capture_running(
+    mut fx: Fixture,
+    dir: tempfile::TempDir,
+    mut lines: Vec<Line>,
+) -> Captured {
     let pid = fx.pid() as i32;
     let path = dir.path().join("img.lzr");
     let opts = CaptureOptions {
@@ -138,7 +136,6 @@ pub(crate) fn capture_running(mut fx: Fixture, dir: tempfile::TempDir, mut lines
     Captured {
         dir,
         kept: Vec::new(),
-        path,
         image,
         pid,
         lines,
@@ -193,7 +190,6 @@ pub(crate) fn signal(pid: i32, signal: i32) {
 /// dropped.
 pub(crate) struct Alone {
     pidfd: OwnedFd,
-    pub(crate) pid: i32,
 }
 
 impl Alone {
@@ -203,23 +199,7 @@ impl Alone {
             rustix::process::PidfdFlags::empty(),
         )
         .expect("pidfd_open");
-        Self { pidfd, pid }
-    }
-
-    /// Whether the process has ended within `timeout`.
-    pub(crate) fn gone_within(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut fds = [rustix::event::PollFd::new(&self.pidfd, rustix::event::PollFlags::IN)];
-            let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
-            if matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        Self { pidfd }
     }
 }
 
@@ -254,7 +234,11 @@ fn expected_bytes(image: &Image, index: usize, addr: u64, out: &mut [u8]) {
             PageSource::Zero | PageSource::Chunk { .. } => {
                 reader.read(lo, dst).expect("read the image");
             }
-            PageSource::File { layer, region, offset } => {
+            PageSource::File {
+                layer,
+                region,
+                offset,
+            } => {
                 let f = image.file_mapping(layer, region).expect("file mapping");
                 let file = File::open(&f.path).expect("open the mapped file");
                 let at = offset + (lo - e.start);
@@ -262,7 +246,8 @@ fn expected_bytes(image: &Image, index: usize, addr: u64, out: &mut [u8]) {
                 dst.fill(0);
                 if at < size {
                     let n = dst.len().min((size - at) as usize);
-                    file.read_exact_at(&mut dst[..n], at).expect("read the file");
+                    file.read_exact_at(&mut dst[..n], at)
+                        .expect("read the file");
                 }
             }
         }
@@ -328,14 +313,4 @@ pub(crate) fn assert_memory_matches(pid: i32, image: &Image) -> u64 {
         }
     }
     compared
-}
-
-/// `/proc/PID/fd/N`'s target.
-pub(crate) fn fd_target(pid: i32, fd: i32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()
-}
-
-/// Whether `path` exists.
-pub(crate) fn exists(path: &Path) -> bool {
-    path.exists()
 }

@@ -34,7 +34,11 @@ fn every_thread_keeps_working_with_its_own_tid() {
     for l in c.lines.iter().filter(|l| l.is("TICK")) {
         last.insert(l.u64("thread"), (l.u64("n"), l.u64("tid")));
     }
-    assert_eq!(last.len() as u64, threads, "every thread ticked before the capture");
+    assert_eq!(
+        last.len() as u64,
+        threads,
+        "every thread ticked before the capture"
+    );
 
     let mut opts = options(&c);
     opts.stopped = true;
@@ -42,7 +46,9 @@ fn every_thread_keeps_working_with_its_own_tid() {
     let pid = restored.pid();
     let mut tids: Vec<u64> = restored.tids().iter().map(|&t| t as u64).collect();
     tids.sort_unstable();
-    let mut original: Vec<u64> = (0..threads).map(|k| ready.u64(&format!("tid{k}"))).collect();
+    let mut original: Vec<u64> = (0..threads)
+        .map(|k| ready.u64(&format!("tid{k}")))
+        .collect();
     original.sort_unstable();
     assert_eq!(tids, original, "the original tids");
     assert_memory_matches(pid, &c.image);
@@ -59,7 +65,11 @@ fn every_thread_keeps_working_with_its_own_tid() {
         let (n, tid) = last[&k];
         assert_eq!(l.u64("n"), n + 1, "thread {k} continues with its next tick");
         assert_eq!(l.u64("tid"), tid, "thread {k} keeps its tid");
-        assert_eq!(l.hex("checksum"), model(4, k, n + 1), "thread {k}'s checksum");
+        assert_eq!(
+            l.hex("checksum"),
+            model(4, k, n + 1),
+            "thread {k}'s checksum"
+        );
         seen.insert(k, l);
     }
     let summary = restored.finish().expect("finish");
