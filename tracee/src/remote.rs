@@ -480,6 +480,34 @@ impl RemoteSession<'_> {
         scratch.unmap()
     }
 
+    /// Reads every resource limit (`0..RLIMIT_COUNT`) with `prlimit64(0, ...)` inside
+    /// the thread. Unlike [`SeizedProcess::resource_limit`], which asks from outside,
+    /// this needs no privilege over the process (a process may always read its own
+    /// limits; from outside, a process of another user needs `CAP_SYS_RESOURCE`).
+    pub fn resource_limits(&mut self) -> Result<Vec<crate::ResourceLimit>, RemoteError> {
+        const RLIMIT_LEN: usize = 16;
+        let count = crate::RLIMIT_COUNT as usize;
+        let mut scratch = RemoteScratch::map(self, count * RLIMIT_LEN)?;
+        let base = scratch.addr();
+        for resource in 0..count as u64 {
+            let old = base + resource * RLIMIT_LEN as u64;
+            scratch
+                .session()
+                .syscall_ok(libc::SYS_prlimit64 as u64, [0, resource, 0, old, 0, 0])?;
+        }
+        let mut bytes = vec![0u8; count * RLIMIT_LEN];
+        scratch.read(0, &mut bytes)?;
+        scratch.unmap()?;
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        Ok(bytes
+            .chunks_exact(RLIMIT_LEN)
+            .map(|l| crate::ResourceLimit {
+                soft: word(&l[0..8]),
+                hard: word(&l[8..16]),
+            })
+            .collect())
+    }
+
     /// Ends the session: the thread gets its registers and signal mask back and returns
     /// to its ptrace stop.
     pub fn finish(mut self) -> Result<(), RemoteError> {

@@ -87,7 +87,7 @@ pub use fds::{KEEPER_FD_MAX, MAX_FD_NUMBER, MAX_FDS, Stdio, UnrestorableFds, ope
 pub use handle::{ProcessExit, RestoreSummary, RestoredProcess};
 pub use layout::MAX_SHARED_OBJECT_LEN;
 pub use maps::MAX_MAPS_LINES;
-pub use procstate::MAX_AUXV_WORDS;
+pub use procstate::{MAX_AUXV_WORDS, MAX_GROUPS};
 
 use crate::restore::{WorkingSetOptions, load_working_set};
 use crate::server::ServerOptions;

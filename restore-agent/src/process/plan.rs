@@ -7,14 +7,16 @@ use std::path::Path;
 
 use rustix::fs::OFlags;
 use snapshot_format::Image;
-use snapshot_format::process::{ARCH_X86_64, MmFields, ProcessState, ResourceLimit, SignalAction};
+use snapshot_format::process::{
+    ARCH_X86_64, Credentials, MmFields, ProcessState, ResourceLimit, SignalAction,
+};
 
 use super::error::ProcessRestoreError;
 use super::fds::{FdInstall, check_fds, keeper_fd, plan_fds};
 use super::files::{Check, Sources, open_checked};
 use super::layout::{CowPages, RegionPlan, plan_regions};
 use super::maps::read_maps;
-use super::procstate::{MAX_AUXV_WORDS, check_rlimits};
+use super::procstate::{MAX_AUXV_WORDS, check_credentials, check_rlimits};
 use super::threads::{ThreadPlan, plan_threads};
 use super::vdso::{Specials, check_vdso_code};
 use super::{PidChoice, ProcessRestoreOptions};
@@ -49,6 +51,7 @@ pub(crate) struct Plan {
     pub(crate) personality: u32,
     pub(crate) signal_actions: Vec<SignalAction>,
     pub(crate) rlimits: Vec<ResourceLimit>,
+    pub(crate) creds: Option<Credentials>,
     /// Leave the process stopped (asked for, or it was job-control stopped).
     pub(crate) stop: bool,
 }
@@ -125,6 +128,7 @@ impl Plan {
         }
         check_fds(&state.fds)?;
         check_rlimits(&state.rlimits)?;
+        check_credentials(state.creds.as_ref())?;
         if state.auxv.len() > MAX_AUXV_WORDS || !state.auxv.len().is_multiple_of(2) {
             return Err(ProcessRestoreError::invalid(format!(
                 "an auxiliary vector of {} words",
@@ -197,6 +201,7 @@ impl Plan {
             personality: state.personality,
             signal_actions: state.signal_actions.clone(),
             rlimits: state.rlimits.clone(),
+            creds: state.creds.clone(),
             stop: opts.stopped || state.job_stop_signal.is_some(),
         })
     }

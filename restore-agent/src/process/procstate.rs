@@ -17,7 +17,9 @@
 //! and the data segment against `RLIMIT_DATA`; the new executable may be set only once
 //! no mapping of the old one remains (the helper's are gone by then).
 
-use snapshot_format::process::{MmFields, ResourceLimit as CapturedLimit, SignalAction};
+use snapshot_format::process::{
+    Credentials, MmFields, ResourceLimit as CapturedLimit, SignalAction,
+};
 use tracee::{
     KernelSigaction, RLIMIT_COUNT, RemoteScratch, RemoteSession, ResourceLimit, SeizedProcess,
 };
@@ -36,6 +38,9 @@ const PR_SET_MM_MAP: u64 = 14;
 /// The most auxiliary-vector words accepted from an image (the kernel keeps fewer:
 /// `AT_VECTOR_SIZE`, and refuses more).
 pub const MAX_AUXV_WORDS: usize = 1024;
+
+/// `NGROUPS_MAX`: the most supplementary groups a process may have.
+pub const MAX_GROUPS: usize = 65536;
 
 /// The signals whose disposition cannot be changed.
 const FIXED_SIGNALS: [i32; 2] = [libc::SIGKILL, libc::SIGSTOP];
@@ -190,6 +195,73 @@ pub(crate) fn set_sigactions(
         ))
 }
 
+/// Checks the captured credentials.
+pub(crate) fn check_credentials(creds: Option<&Credentials>) -> Result<(), ProcessRestoreError> {
+    if creds.is_some_and(|c| c.groups.len() > MAX_GROUPS) {
+        return Err(ProcessRestoreError::invalid(format!(
+            "more than {MAX_GROUPS} supplementary groups"
+        )));
+    }
+    Ok(())
+}
+
+/// Gives the helper the captured user and group ids: supplementary groups, then group
+/// ids, then user ids (after which it may no longer change the others), and makes it
+/// dumpable again (a change of effective uid clears that flag; a process that can be
+/// captured was dumpable). The last remote calls that need privileges come before.
+pub(crate) fn set_credentials(
+    session: &mut RemoteSession<'_>,
+    creds: &Credentials,
+) -> Result<(), ProcessRestoreError> {
+    let [ruid, euid, suid, fsuid] = creds.uid.map(u64::from);
+    let [rgid, egid, sgid, fsgid] = creds.gid.map(u64::from);
+    let groups: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+    let mut scratch = RemoteScratch::map(session, groups.len().max(4)).map_err(
+        ProcessRestoreError::remote("cannot map scratch memory in the helper"),
+    )?;
+    scratch
+        .write(0, &groups)
+        .map_err(ProcessRestoreError::remote(
+            "cannot write into scratch memory",
+        ))?;
+    let addr = scratch.addr();
+    let step = |what: &str| format!("cannot restore the process's {what}");
+    scratch
+        .session()
+        .syscall_ok(
+            libc::SYS_setgroups as u64,
+            [creds.groups.len() as u64, addr, 0, 0, 0, 0],
+        )
+        .map_err(ProcessRestoreError::remote(step("supplementary groups")))?;
+    scratch.unmap().map_err(ProcessRestoreError::remote(
+        "cannot unmap scratch memory in the helper",
+    ))?;
+    session
+        .syscall_ok(libc::SYS_setresgid as u64, [rgid, egid, sgid, 0, 0, 0])
+        .map_err(ProcessRestoreError::remote(step("group ids")))?;
+    // setfsgid/setfsuid return the previous id, never an error.
+    if fsgid != egid {
+        session
+            .syscall(libc::SYS_setfsgid as u64, [fsgid, 0, 0, 0, 0, 0])
+            .map_err(ProcessRestoreError::remote(step("filesystem group id")))?;
+    }
+    session
+        .syscall_ok(libc::SYS_setresuid as u64, [ruid, euid, suid, 0, 0, 0])
+        .map_err(ProcessRestoreError::remote(step("user ids")))?;
+    if fsuid != euid {
+        session
+            .syscall(libc::SYS_setfsuid as u64, [fsuid, 0, 0, 0, 0, 0])
+            .map_err(ProcessRestoreError::remote(step("filesystem user id")))?;
+    }
+    session
+        .syscall_ok(
+            libc::SYS_prctl as u64,
+            [libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0, 0],
+        )
+        .map_err(ProcessRestoreError::remote(step("dumpable flag")))?;
+    Ok(())
+}
+
 /// Checks the captured resource limits.
 pub(crate) fn check_rlimits(limits: &[CapturedLimit]) -> Result<(), ProcessRestoreError> {
     if limits.len() > RLIMIT_COUNT as usize
@@ -202,24 +274,45 @@ pub(crate) fn check_rlimits(limits: &[CapturedLimit]) -> Result<(), ProcessResto
     Ok(())
 }
 
-/// Sets the resource limits (from outside, with `prlimit`).
+/// Sets the resource limits (from outside, with `prlimit`, while the helper still has
+/// the agent's credentials). A hard limit above the agent's own needs
+/// `CAP_SYS_RESOURCE`: without it, the limit is kept at the agent's hard limit (with
+/// a warning) rather than failing the restore.
 pub(crate) fn set_rlimits(
     process: &mut SeizedProcess,
     limits: &[CapturedLimit],
 ) -> Result<(), ProcessRestoreError> {
     for l in limits {
-        process
-            .set_resource_limit(
-                l.resource,
-                ResourceLimit {
-                    soft: l.soft,
-                    hard: l.hard,
-                },
-            )
-            .map_err(|e| ProcessRestoreError::Io {
-                step: format!("cannot restore resource limit {}", l.resource),
-                source: e.source,
-            })?;
+        let want = ResourceLimit {
+            soft: l.soft,
+            hard: l.hard,
+        };
+        let error = |e: tracee::LimitError| ProcessRestoreError::Io {
+            step: format!("cannot restore resource limit {}", l.resource),
+            source: e.source,
+        };
+        match process.set_resource_limit(l.resource, want) {
+            Ok(()) => {}
+            Err(e) if e.source.raw_os_error() == Some(libc::EPERM) => {
+                let now = process.resource_limit(l.resource).map_err(error)?;
+                let clamped = ResourceLimit {
+                    soft: want.soft.min(now.hard),
+                    hard: want.hard.min(now.hard),
+                };
+                log::warn!(
+                    "resource limit {}: the hard limit {} cannot be raised above {} without                      CAP_SYS_RESOURCE; restored as soft {} hard {}",
+                    l.resource,
+                    want.hard,
+                    now.hard,
+                    clamped.soft,
+                    clamped.hard
+                );
+                process
+                    .set_resource_limit(l.resource, clamped)
+                    .map_err(error)?;
+            }
+            Err(e) => return Err(error(e)),
+        }
     }
     Ok(())
 }

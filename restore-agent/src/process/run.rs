@@ -13,7 +13,9 @@ use super::helper::Helper;
 use super::layout::{empty_helper, map_regions, name_regions, write_cow_pages};
 use super::maps::read_maps;
 use super::plan::Plan;
-use super::procstate::{set_basics, set_mm, set_rlimits, set_sigactions, sigactions_to_set};
+use super::procstate::{
+    set_basics, set_credentials, set_mm, set_rlimits, set_sigactions, sigactions_to_set,
+};
 use super::threads::{create_threads, set_registers, set_thread_state};
 use super::vdso::Specials;
 use super::{Timings, fds, sys};
@@ -296,8 +298,20 @@ pub(crate) fn restore(
         true
     };
 
-    // Last: limits, registers; then let it go.
+    // Limits (from outside, while the helper has our credentials), then its own
+    // credentials, last of the remote calls: from here on it may have no privileges.
     set_rlimits(process, &plan.rlimits)?;
+    if let Some(creds) = &plan.creds {
+        let mut session = process
+            .remote(pid)
+            .map_err(ProcessRestoreError::remote("cannot drive the helper"))?;
+        set_credentials(&mut session, creds)?;
+        session
+            .finish()
+            .map_err(ProcessRestoreError::remote("cannot end the remote session"))?;
+    }
+
+    // Registers; then let it go.
     for (tid, t) in tids.iter().zip(&plan.threads) {
         set_registers(process, *tid, t)?;
     }
@@ -315,7 +329,8 @@ pub(crate) fn restore(
         tids,
         pidfd,
         server,
-        keeper: if armed { lazy_keeper } else { None },
+        // Without a free fd for it, the userfaultfd stayed where it was created.
+        keeper: armed.then_some(target_uffd),
         armed,
         stopped: plan.stop,
         regions: plan.regions.len(),

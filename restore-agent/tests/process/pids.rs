@@ -106,3 +106,42 @@ fn an_eager_restore_has_every_page_in_before_the_process_runs() {
     assert_eq!(l.u64("n"), k + 1);
     drop(alone);
 }
+
+#[test]
+fn a_process_of_another_user_gets_its_user_and_groups_back() {
+    use std::os::unix::process::CommandExt;
+    let nobody = 65534;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut command = std::process::Command::new(fixtures::binary("counter"));
+    command
+        .args(["--mib", "4", "--interval-ms", "20"])
+        .uid(nobody)
+        .gid(nobody)
+        // Somewhere it may be.
+        .current_dir("/");
+    let mut fx = crate::support::spawn_command("counter", command);
+    let ready = fx.wait_ready(T);
+    let tick = fx.wait_line(|l| l.is("TICK") && l.u64("n") >= 2, T);
+    let c = crate::support::capture_running(fx, dir, vec![ready, tick]);
+    let restored = restore(&c, options(&c));
+    let pid = restored.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(field("Uid:"), "65534 65534 65534 65534");
+    assert_eq!(field("Gid:"), "65534 65534 65534 65534");
+    assert_eq!(field("CapEff:"), "0000000000000000", "no privileges left");
+    let l = tail(&c, pid).wait_tag("TICK", T);
+    assert_eq!(l.u64("n"), c.last("TICK").u64("n") + 1);
+    restored
+        .finish()
+        .expect("finish (the agent still controls it)");
+    let _alone = Alone::new(pid);
+}

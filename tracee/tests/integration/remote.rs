@@ -261,3 +261,27 @@ fn threads_created_by_a_remote_clone3_are_seized_before_running() {
     // kill rather than detach.
     process.kill().expect("kill");
 }
+
+#[test]
+fn resource_limits_read_from_inside_match_those_read_from_outside() {
+    let child = Testee::spawn(&["read"]);
+    child.expect("ready");
+    let pid = child.pid();
+    wait_blocked_in(pid, libc::SYS_read);
+    let mut process = SeizedProcess::seize(pid, SeizeOptions::default()).expect("seize");
+    let inside = {
+        let mut session = process.remote(pid).expect("session");
+        let limits = session.resource_limits().expect("remote prlimit64");
+        session.finish().expect("finish");
+        limits
+    };
+    assert_eq!(inside.len(), tracee::RLIMIT_COUNT as usize);
+    for (resource, limit) in (0..tracee::RLIMIT_COUNT).zip(&inside) {
+        assert_eq!(
+            *limit,
+            process.resource_limit(resource).expect("from outside"),
+            "resource {resource}"
+        );
+    }
+    process.detach().expect("detach");
+}
