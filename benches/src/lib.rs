@@ -7,7 +7,11 @@
 //!   the region size (default 1024), `LAZARUS_BENCH_REPEAT` the repetitions.
 //! - [`capture`]: `lazarus capture --pid` of a memhog process against a raw
 //!   copy of its memory (`cargo bench -p lazarus-bench --bench capture`).
+//! - [`restore`]: `lazarus restore` of a captured memhog process, lazy, lazy with
+//!   prefetch and eager, beside CRIU's figures (`cargo bench -p lazarus-bench
+//!   --bench restore`).
 
 pub mod agent;
 pub mod capture;
 mod mem;
+pub mod restore;
