@@ -135,6 +135,9 @@ pub enum BenchError {
     /// The capture failed.
     #[error(transparent)]
     Capture(#[from] capture::CaptureError),
+    /// A restore failed, or its process or output was not what was expected.
+    #[error("restore: {0}")]
+    Restore(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {

@@ -10,9 +10,13 @@
 //! - [`serve`]: `lazarus serve` as a VMM's page-fault handler against the
 //!   example handlers' strategy (`cargo bench -p lazarus-bench --bench
 //!   serve`; `LAZARUS_BENCH_MIB`, `LAZARUS_BENCH_REPEAT`).
+//! - [`restore`]: `lazarus restore` of a captured memhog process, lazy, lazy with
+//!   prefetch and eager, beside CRIU's figures (`cargo bench -p lazarus-bench
+//!   --bench restore`).
 
 pub mod agent;
 pub mod capture;
 pub mod harness;
 mod mem;
+pub mod restore;
 pub mod serve;

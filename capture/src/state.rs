@@ -8,8 +8,8 @@
 //! | signal handlers | remote `rt_sigaction(sig, NULL, &old)` for signals 1..=64 (one thread: handlers are per process) |
 //! | `brk` | remote `brk(0)` (returns the current break, changes nothing) |
 //! | other `mm` fields | `/proc/PID/stat` (`start_code` ... `env_end`) |
-//! | auxv, exe, cwd, umask, personality, comm, ids, pending signals | `/proc/PID/...` |
-//! | rlimits | `prlimit(pid, r, NULL, &old)` from here |
+//! | auxv, exe, cwd, umask, personality, comm, ids, pending signals, user and group ids | `/proc/PID/...` |
+//! | rlimits | remote `prlimit64(0, r, NULL, &old)` in the leader (from outside, another user's process would need `CAP_SYS_RESOURCE`) |
 //! | open fds | `/proc/PID/fd`, `fdinfo`, `kcmp` (module `fds`) |
 //!
 //! Every remote call runs before the memory layout is read, and the scratch mapping
@@ -29,8 +29,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use snapshot_format::process::{
-    ARCH_X86_64, InSyscall, MmFields, ProcessState, ResourceLimit, RobustList, Rseq, SignalAction,
-    SignalStack, SyscallRestart, ThreadState,
+    ARCH_X86_64, Credentials, InSyscall, MmFields, ProcessState, ResourceLimit, RobustList, Rseq,
+    SignalAction, SignalStack, SyscallRestart, ThreadState,
 };
 use tracee::{
     GeneralRegisters, RLIMIT_COUNT, RemoteError, RemoteScratch, RemoteSession, RestartKind,
@@ -106,6 +106,7 @@ pub(crate) fn collect(
     // Remote calls first: their scratch mappings are gone before anything else is read.
     let mut signal_actions = Vec::new();
     let mut brk = 0;
+    let mut limits = Vec::new();
     let mut extras = Vec::with_capacity(tids.len());
     for (i, &tid) in tids.iter().enumerate() {
         let mut session = process.remote(tid).map_err(remote_error)?;
@@ -124,6 +125,9 @@ pub(crate) fn collect(
             brk = session
                 .syscall_ok(libc::SYS_brk as u64, [0; 6])
                 .map_err(remote_error)?;
+            // From inside: reading another user's limits from outside needs
+            // CAP_SYS_RESOURCE.
+            limits = session.resource_limits().map_err(remote_error)?;
         }
         extras.push(thread_extras(&mut session).map_err(remote_error)?);
         session.finish().map_err(remote_error)?;
@@ -221,21 +225,14 @@ pub(crate) fn collect(
             })
         })?;
     let comm = read_small(&dir.join("comm")).map_err(proc_error(pid, "comm"))?;
-    let mut rlimits = Vec::with_capacity(RLIMIT_COUNT as usize);
-    for resource in 0..RLIMIT_COUNT {
-        let limit = process
-            .resource_limit(resource)
-            .map_err(|e| CaptureError::Proc {
-                pid,
-                what: format!("resource limit {resource}"),
-                source: e.source,
-            })?;
-        rlimits.push(ResourceLimit {
+    let rlimits = (0..RLIMIT_COUNT)
+        .zip(limits)
+        .map(|(resource, l)| ResourceLimit {
             resource,
-            soft: limit.soft,
-            hard: limit.hard,
-        });
-    }
+            soft: l.soft,
+            hard: l.hard,
+        })
+        .collect();
     let fds = crate::fds::collect(pid, mm_tid)?;
 
     Ok(ProcessState {
@@ -257,6 +254,11 @@ pub(crate) fn collect(
         rlimits,
         fds,
         vma_flags: Vec::new(),
+        creds: Some(Credentials {
+            uid: [status.ruid, status.euid, status.suid, status.fuid],
+            gid: [status.rgid, status.egid, status.sgid, status.fgid],
+            groups: status.groups,
+        }),
     })
 }
 

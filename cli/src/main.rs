@@ -38,6 +38,8 @@ enum Command {
     /// Serve VMs' guest memory from an image: a Firecracker-compatible
     /// userfaultfd page-fault handler on a Unix socket.
     Serve(commands::serve::ServeArgs),
+    /// Restore a process captured with `capture --pid`, its memory served lazily.
+    Restore(commands::restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(&args),
         Command::Extract(args) => commands::extract::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
+        Command::Restore(args) => commands::restore::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

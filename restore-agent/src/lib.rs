@@ -16,6 +16,8 @@
 //!
 //! - [`restore_into`]: restore an image into the calling process (a runtime
 //!   embedding Lazarus, the tests, the benchmarks).
+//! - [`restore_process`]: restore a whole process captured with `lazarus
+//!   capture --pid`, lazily (module [`process`]).
 //! - [`FaultServer`]: serve any userfaultfd whose ranges are described by
 //!   [`Mapping`]s. Process restore (a uffd taken from the restored process
 //!   with `pidfd_getfd`) and `lazarus serve` (a VMM's uffd received over a
@@ -52,6 +54,7 @@ mod gate;
 pub mod mapping;
 mod mem;
 mod prefetch;
+pub mod process;
 pub mod restore;
 pub mod serve;
 pub mod server;
@@ -65,6 +68,10 @@ pub mod workset;
 pub use cache::{CacheOptions, ChunkCache};
 pub use mapping::{Mapping, MappingError};
 pub use mem::{HUGE_PAGE_2M, MappedRegion};
+pub use process::{
+    PidChoice, ProcessRestoreError, ProcessRestoreOptions, RestoreSummary, RestoredProcess,
+    restore_process,
+};
 pub use restore::{
     Placement, RestoreError, RestoreHandle, RestoreOptions, RestoredMemory, RestoredRegion,
     WorkingSetOptions, restore_into,

@@ -316,23 +316,7 @@ pub fn restore_into(
     };
 
     // Working set.
-    let ws_path = working_set
-        .path
-        .or_else(|| image.top().path().map(WorkingSet::default_path));
-    let mut ws_loaded = None;
-    let mut ws_error = None;
-    if working_set.load
-        && let Some(p) = &ws_path
-        && p.exists()
-    {
-        match WorkingSet::load(p, &image) {
-            Ok(ws) => ws_loaded = Some(ws),
-            Err(e) => {
-                log::warn!("{e}; prefetching in address order");
-                ws_error = Some(e);
-            }
-        }
-    }
+    let (ws_path, ws_loaded, ws_error) = load_working_set(&working_set, &image);
     if let Some(ws) = &ws_loaded {
         server_opts.prefetch_first = ws.chunks().to_vec();
     }
@@ -473,27 +457,62 @@ impl RestoreHandle {
         if self.save_ws
             && let Some(path) = &self.ws_path
         {
-            self.save_working_set(&server, path);
+            save_working_set(&server, self.ws_loaded.as_ref(), path);
         }
         server.stop()?;
         Ok(self.memory.take().expect("memory lives until stop or drop"))
     }
+}
 
-    /// Saves the working set: the loaded one (if any) followed by the chunks
-    /// first faulted this time that it did not hold (a working set only
-    /// grows; delete the file to learn it again).
-    fn save_working_set(&self, server: &FaultServer, path: &std::path::Path) {
-        let recorded = server.working_set();
-        if recorded.chunks().is_empty() {
-            return;
-        }
-        let loaded = self.ws_loaded.as_ref().map_or(&[][..], WorkingSet::chunks);
-        let ws = WorkingSet::new(
-            recorded.image(),
-            loaded.iter().chain(recorded.chunks()).copied(),
-        );
-        if let Err(e) = ws.save(path) {
+/// The working-set file of a restore (`opts.path`, else beside the image) and, with
+/// `opts.load`, the working set loaded from it: an invalid file is ignored with a
+/// warning (its error is returned).
+pub(crate) fn load_working_set(
+    opts: &WorkingSetOptions,
+    image: &Image,
+) -> (Option<PathBuf>, Option<WorkingSet>, Option<WorkingSetError>) {
+    let path = opts
+        .path
+        .clone()
+        .or_else(|| image.top().path().map(WorkingSet::default_path));
+    if opts.load
+        && let Some(p) = &path
+        && p.exists()
+    {
+        return match WorkingSet::load(p, image) {
+            Ok(ws) => (path, Some(ws), None),
+            Err(e) => {
+                log::warn!("{e}; prefetching in address order");
+                (path, None, Some(e))
+            }
+        };
+    }
+    (path, None, None)
+}
+
+/// Saves the working set recorded by `server`: the loaded one (if any) followed by the
+/// chunks first faulted this time that it did not hold (a working set only grows;
+/// delete the file to learn it again). Nothing is written if nothing was recorded;
+/// a failure is logged. Returns whether a file was written.
+pub(crate) fn save_working_set(
+    server: &FaultServer,
+    loaded: Option<&WorkingSet>,
+    path: &std::path::Path,
+) -> bool {
+    let recorded = server.working_set();
+    if recorded.chunks().is_empty() {
+        return false;
+    }
+    let loaded = loaded.map_or(&[][..], WorkingSet::chunks);
+    let ws = WorkingSet::new(
+        recorded.image(),
+        loaded.iter().chain(recorded.chunks()).copied(),
+    );
+    match ws.save(path) {
+        Ok(()) => true,
+        Err(e) => {
             log::warn!("{e}");
+            false
         }
     }
 }

@@ -88,6 +88,22 @@ pub struct ProcessState {
     /// Kernel flags of each captured region (`VmFlags` of
     /// `/proc/PID/smaps`), by region start.
     pub vma_flags: Vec<VmaFlags>,
+    /// User and group ids (`None` in images of captures that did not record
+    /// them).
+    pub creds: Option<Credentials>,
+}
+
+/// A process's user and group ids (`Uid:`, `Gid:` and `Groups:` of
+/// `/proc/PID/status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Credentials {
+    /// Real, effective, saved and filesystem user ids.
+    pub uid: [u32; 4],
+    /// Real, effective, saved and filesystem group ids.
+    pub gid: [u32; 4],
+    /// Supplementary group ids.
+    pub groups: Vec<u32>,
 }
 
 /// One thread.

@@ -316,6 +316,27 @@ pub enum RemoteError {
         #[source]
         source: io::Error,
     },
+    /// A thread created by the call (with [`SeizeOptions::trace_clone`](crate::SeizeOptions::trace_clone))
+    /// did not reach its first stop.
+    #[error("thread {tid}, created in process {pid} by a remote call, did not stop")]
+    NewThread {
+        /// The process.
+        pid: i32,
+        /// The new thread.
+        tid: i32,
+        /// Why.
+        #[source]
+        source: Box<SeizeError>,
+    },
+    /// A remote clone created a new process instead of a thread (no `CLONE_THREAD`);
+    /// it was killed.
+    #[error("a remote clone in process {pid} created process {tid}, not a thread; it was killed")]
+    NotAThread {
+        /// The process.
+        pid: i32,
+        /// The new process.
+        tid: i32,
+    },
 }
 
 /// Why a memory access failed.

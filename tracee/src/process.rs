@@ -24,7 +24,9 @@
 //! A thread created by a thread we have not stopped yet shows up in the next listing
 //! (`clone` makes the child visible in /proc before it returns to the parent, and our
 //! interrupt only takes effect on the way back to user mode). `PTRACE_O_TRACECLONE` is
-//! not used: it would add clone events to every wait of the protocol for no gain.
+//! not used for this: it would add clone events to every wait of the protocol for no
+//! gain. It is an option ([`SeizeOptions::trace_clone`]) for processes whose threads
+//! are created by remote calls: a restore helper, which runs no code of its own.
 //!
 //! After `seize` every thread sits in a `PTRACE_EVENT_STOP` inside the kernel's
 //! `get_signal`, with its registers untouched, and no signal is held by us: a signal that
@@ -89,11 +91,15 @@ const EXITING_RECHECKS: u32 = 20;
 /// `PTRACE_EVENT_STOP`.
 pub(crate) const PTRACE_EVENT_STOP: u32 = 128;
 
+/// `PTRACE_EVENT_CLONE`.
+pub(crate) const PTRACE_EVENT_CLONE: u32 = 3;
+
 /// How [`SeizedProcess::seize`] attaches.
 #[derive(Debug, Clone, Copy)]
 pub struct SeizeOptions {
     pub(crate) timeout: Duration,
     pub(crate) exit_kill: bool,
+    pub(crate) trace_clone: bool,
 }
 
 impl Default for SeizeOptions {
@@ -101,6 +107,7 @@ impl Default for SeizeOptions {
         Self {
             timeout: DEFAULT_TIMEOUT,
             exit_kill: false,
+            trace_clone: false,
         }
     }
 }
@@ -117,6 +124,19 @@ impl SeizeOptions {
     /// effect after detach. Default off.
     pub fn exit_kill(mut self, exit_kill: bool) -> Self {
         self.exit_kill = exit_kill;
+        self
+    }
+
+    /// `PTRACE_O_TRACECLONE`: a thread created by a remote `clone`/`clone3` with
+    /// `CLONE_THREAD` is attached by the kernel at birth and stops (in a
+    /// `PTRACE_EVENT_STOP`) before it runs a single instruction of user code; the remote
+    /// call returns once it is in that stop, and it joins the seized threads (restore
+    /// creates a process's threads so, with their original tids). Default off.
+    ///
+    /// Only threads of the seized process are supported: a remote clone without
+    /// `CLONE_THREAD` fails the call (the new process is killed).
+    pub fn trace_clone(mut self, trace_clone: bool) -> Self {
+        self.trace_clone = trace_clone;
         self
     }
 }
@@ -327,6 +347,9 @@ impl SeizedProcess {
         if self.options.exit_kill {
             options |= Options::PTRACE_O_EXITKILL;
         }
+        if self.options.trace_clone {
+            options |= Options::PTRACE_O_TRACECLONE;
+        }
         let ntid = nix::unistd::Pid::from_raw(tid);
         match ptrace::seize(ntid, options) {
             Ok(()) => {}
@@ -390,8 +413,8 @@ impl SeizedProcess {
         })
     }
 
-    /// Waits for the first stop of a just-seized thread.
-    fn wait_first_stop(&mut self, index: usize) -> Result<(), SeizeError> {
+    /// Waits for the first stop of a just-seized (or auto-attached) thread.
+    pub(crate) fn wait_first_stop(&mut self, index: usize) -> Result<(), SeizeError> {
         let (pid, tid) = (self.pid, self.threads[index].tid);
         loop {
             match wait_for(tid, self.options.timeout) {

@@ -71,7 +71,9 @@ use std::io;
 
 use crate::error::{RemoteError, ThreadError};
 use crate::memory::PAGE_SIZE;
-use crate::process::{PTRACE_EVENT_STOP, SeizedProcess, ThreadState, ThreadStop};
+use crate::process::{
+    PTRACE_EVENT_CLONE, PTRACE_EVENT_STOP, SeizedProcess, Thread, ThreadState, ThreadStop,
+};
 use crate::regs::{GeneralRegisters, KernelSigaction};
 use crate::state::{read_registers, write_registers};
 use crate::sys::{self, Resume};
@@ -104,6 +106,9 @@ enum Position {
     SyscallExit,
     /// Signal-delivery-stop for this signal.
     SignalStop(i32),
+    /// `PTRACE_EVENT_CLONE` stop inside a clone that created thread `tid`
+    /// ([`SeizeOptions::trace_clone`](crate::SeizeOptions::trace_clone)).
+    Cloned(i32),
     /// Resumed by us.
     Running,
     /// Exited.
@@ -257,6 +262,7 @@ impl SeizedProcess {
             saved_mask,
             position: Position::EventStop(stop),
             finished: false,
+            born: Vec::new(),
             process: self,
         })
     }
@@ -293,6 +299,8 @@ pub struct RemoteSession<'p> {
     saved_mask: u64,
     position: Position,
     finished: bool,
+    /// Threads created (and auto-attached) by the current call, not yet seen stopped.
+    born: Vec<i32>,
 }
 
 impl RemoteSession<'_> {
@@ -309,6 +317,11 @@ impl RemoteSession<'_> {
     /// Memory access to the process.
     pub fn memory(&self) -> &crate::ProcessMemory {
         &self.process.memory
+    }
+
+    /// The address of the `syscall` instruction this session's calls execute.
+    pub fn syscall_site(&self) -> u64 {
+        self.site
     }
 
     /// Moves the syscall site (see [`SeizedProcess::set_syscall_site`]).
@@ -371,7 +384,40 @@ impl RemoteSession<'_> {
             return Err(self.recover_unexpected(nr, detail));
         }
         let exit = read_registers(self.pid, self.tid)?;
+        self.adopt_born()?;
         Ok(exit.rax as i64)
+    }
+
+    /// Waits until every thread the call created is in its first stop (before any user
+    /// code of its own ran). A clone child that is not a thread of the process (no
+    /// `CLONE_THREAD`) is killed and the call fails.
+    fn adopt_born(&mut self) -> Result<(), RemoteError> {
+        while let Some(tid) = self.born.pop() {
+            let index = self
+                .process
+                .threads
+                .iter()
+                .position(|t| t.tid == tid)
+                .ok_or(ThreadError::UnknownThread { pid: self.pid, tid })?;
+            self.process
+                .wait_first_stop(index)
+                .map_err(|source| RemoteError::NewThread {
+                    pid: self.pid,
+                    tid,
+                    source: Box::new(source),
+                })?;
+            if crate::procfs_util::tgid_of(tid) != Some(self.pid) {
+                // A new process, not a thread: not ours to keep.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(tid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                self.process.threads[index].state = ThreadState::Gone;
+                let _ = wait_for(tid, self.process.options.timeout);
+                return Err(RemoteError::NotAThread { pid: self.pid, tid });
+            }
+        }
+        Ok(())
     }
 
     /// Like [`syscall`](Self::syscall), but a negative errno result becomes
@@ -434,6 +480,34 @@ impl RemoteSession<'_> {
         scratch.unmap()
     }
 
+    /// Reads every resource limit (`0..RLIMIT_COUNT`) with `prlimit64(0, ...)` inside
+    /// the thread. Unlike [`SeizedProcess::resource_limit`], which asks from outside,
+    /// this needs no privilege over the process (a process may always read its own
+    /// limits; from outside, a process of another user needs `CAP_SYS_RESOURCE`).
+    pub fn resource_limits(&mut self) -> Result<Vec<crate::ResourceLimit>, RemoteError> {
+        const RLIMIT_LEN: usize = 16;
+        let count = crate::RLIMIT_COUNT as usize;
+        let mut scratch = RemoteScratch::map(self, count * RLIMIT_LEN)?;
+        let base = scratch.addr();
+        for resource in 0..count as u64 {
+            let old = base + resource * RLIMIT_LEN as u64;
+            scratch
+                .session()
+                .syscall_ok(libc::SYS_prlimit64 as u64, [0, resource, 0, old, 0, 0])?;
+        }
+        let mut bytes = vec![0u8; count * RLIMIT_LEN];
+        scratch.read(0, &mut bytes)?;
+        scratch.unmap()?;
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        Ok(bytes
+            .chunks_exact(RLIMIT_LEN)
+            .map(|l| crate::ResourceLimit {
+                soft: word(&l[0..8]),
+                hard: word(&l[8..16]),
+            })
+            .collect())
+    }
+
     /// Ends the session: the thread gets its registers and signal mask back and returns
     /// to its ptrace stop.
     pub fn finish(mut self) -> Result<(), RemoteError> {
@@ -477,9 +551,10 @@ impl RemoteSession<'_> {
         self.position = position;
         self.process.threads[self.index].state = match position {
             Position::EventStop(stop) => ThreadState::Stopped(stop),
-            Position::SyscallEntry | Position::SyscallExit | Position::SignalStop(_) => {
-                ThreadState::OtherStop
-            }
+            Position::SyscallEntry
+            | Position::SyscallExit
+            | Position::SignalStop(_)
+            | Position::Cloned(_) => ThreadState::OtherStop,
             Position::Running => ThreadState::Running,
             Position::Gone => ThreadState::Gone,
         };
@@ -535,6 +610,29 @@ impl RemoteSession<'_> {
                 event: PTRACE_EVENT_STOP,
                 signal,
             })) => Position::EventStop(ThreadStop::from_event_signal(signal)),
+            Ok(Waited::Stopped(Stop::Event {
+                event: PTRACE_EVENT_CLONE,
+                ..
+            })) => {
+                let msg = nix::sys::ptrace::getevent(nix::unistd::Pid::from_raw(self.tid))
+                    .map_err(|e| ThreadError::Ptrace {
+                        pid: self.pid,
+                        tid: self.tid,
+                        op: "PTRACE_GETEVENTMSG",
+                        source: e.into(),
+                    })?;
+                let child = i32::try_from(msg).unwrap_or(0);
+                if child > 0 {
+                    // Attached by the kernel: ours from now on (drop and kill handle it
+                    // like any seized thread), running until its first stop.
+                    self.process.threads.push(Thread {
+                        tid: child,
+                        state: ThreadState::Running,
+                    });
+                    self.born.push(child);
+                }
+                Position::Cloned(child)
+            }
             // Events we did not ask for; treat like a stop with nothing to deliver.
             Ok(Waited::Stopped(Stop::Event { .. })) => Position::SignalStop(0),
             Ok(Waited::Stopped(Stop::Signal(signal))) => Position::SignalStop(signal),
@@ -583,7 +681,9 @@ impl RemoteSession<'_> {
             })?;
             match position {
                 Position::SyscallEntry | Position::SyscallExit => return Ok(()),
-                Position::EventStop(_) => self.resume(Resume::Syscall, 0)?,
+                Position::EventStop(_) | Position::Cloned(_) => {
+                    self.resume(Resume::Syscall, 0)?;
+                }
                 Position::SignalStop(signal) if is_stop_signal(signal) => {
                     self.resume(Resume::Syscall, signal)?;
                 }
@@ -626,7 +726,7 @@ impl RemoteSession<'_> {
                     self.resume(Resume::Syscall, 0)?;
                     self.wait_position()?;
                 }
-                Position::SyscallExit | Position::SignalStop(_) => {
+                Position::SyscallExit | Position::SignalStop(_) | Position::Cloned(_) => {
                     // Restore, then pass through get_signal into an interrupt stop so the
                     // restart logic sees the original registers on detach. A stop signal
                     // is passed on; a fault of ours is discarded.

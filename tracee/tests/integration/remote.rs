@@ -198,3 +198,90 @@ fn the_syscall_site_is_checked_when_moved() {
     );
     process.detach().expect("detach");
 }
+
+/// `struct clone_args` (the first 11 fields, `CLONE_ARGS_SIZE_VER2`).
+fn clone_args(flags: u64) -> [u8; 88] {
+    let mut args = [0u8; 88];
+    args[..8].copy_from_slice(&flags.to_le_bytes());
+    args
+}
+
+#[test]
+fn threads_created_by_a_remote_clone3_are_seized_before_running() {
+    let child = Testee::spawn(&["read"]);
+    child.expect("ready");
+    let pid = child.pid();
+    wait_blocked_in(pid, libc::SYS_read);
+    let options = SeizeOptions::default().trace_clone(true).exit_kill(true);
+    let mut process = SeizedProcess::seize(pid, options).expect("seize");
+    assert_eq!(process.tids(), vec![pid]);
+    let flags = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM) as u64;
+    let new_tid = {
+        let mut session = process.remote(pid).expect("session");
+        let mut scratch = RemoteScratch::map(&mut session, 88).expect("scratch");
+        scratch.write(0, &clone_args(flags)).expect("write args");
+        let addr = scratch.addr();
+        let tid = scratch
+            .session()
+            .syscall_ok(libc::SYS_clone3 as u64, [addr, 88, 0, 0, 0, 0])
+            .expect("remote clone3") as i32;
+        drop(scratch);
+        session.finish().expect("finish");
+        tid
+    };
+    assert_ne!(new_tid, pid);
+    // The new thread is one of ours, in an event stop, before its first instruction:
+    // right after the syscall instruction, with clone's child return value.
+    let threads = process.threads();
+    assert!(
+        threads.iter().any(|t| t.tid == new_tid),
+        "new thread {new_tid} not among {threads:?}"
+    );
+    let tgid = std::fs::read_to_string(format!("/proc/{new_tid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:").map(|v| v.trim().to_owned()))
+        .expect("Tgid");
+    assert_eq!(tgid, pid.to_string());
+    let regs = process.registers(new_tid).expect("new thread's registers");
+    assert_eq!(regs.rax, 0, "clone returns 0 in the child");
+    let located = process.syscall_site().expect("site");
+    assert_eq!(regs.rip, located + 2);
+    // The new thread can run remote calls itself.
+    let me = process
+        .remote_syscall(new_tid, libc::SYS_gettid as u64, [0; 6])
+        .expect("gettid in the new thread");
+    assert_eq!(me, i64::from(new_tid));
+    // Its registers are garbage for the program (a copy of the leader's at the call):
+    // kill rather than detach.
+    process.kill().expect("kill");
+}
+
+#[test]
+fn resource_limits_read_from_inside_match_those_read_from_outside() {
+    let child = Testee::spawn(&["read"]);
+    child.expect("ready");
+    let pid = child.pid();
+    wait_blocked_in(pid, libc::SYS_read);
+    let mut process = SeizedProcess::seize(pid, SeizeOptions::default()).expect("seize");
+    let inside = {
+        let mut session = process.remote(pid).expect("session");
+        let limits = session.resource_limits().expect("remote prlimit64");
+        session.finish().expect("finish");
+        limits
+    };
+    assert_eq!(inside.len(), tracee::RLIMIT_COUNT as usize);
+    for (resource, limit) in (0..tracee::RLIMIT_COUNT).zip(&inside) {
+        assert_eq!(
+            *limit,
+            process.resource_limit(resource).expect("from outside"),
+            "resource {resource}"
+        );
+    }
+    process.detach().expect("detach");
+}

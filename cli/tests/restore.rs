@@ -1,0 +1,360 @@
+//! End-to-end tests of `lazarus restore` against fixture processes captured with
+//! `lazarus capture --pid --kill`: the output, the agent serving in the foreground and
+//! in the background, the agent's death, a process that exits while served, and a
+//! corrupt image refused before anything starts.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{lazarus, ok};
+use fixtures::{Fixture, LogTail};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A counter captured with `--kill`: the image, the original's pid and last tick.
+struct Captured {
+    dir: tempfile::TempDir,
+    img: PathBuf,
+    pid: i32,
+    last_tick: u64,
+}
+
+impl Captured {
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `restore` arguments sending the process's output to files of the test.
+    fn restore_args(&self) -> Vec<String> {
+        vec![
+            "restore".into(),
+            self.img.to_string_lossy().into_owned(),
+            "--stdin".into(),
+            "null".into(),
+            "--stdout".into(),
+            self.file("out.log").to_string_lossy().into_owned(),
+            "--stderr".into(),
+            self.file("err.log").to_string_lossy().into_owned(),
+            // Descriptors the test harness leaks into the fixture (a jobserver pipe).
+            "--unrestorable-fds".into(),
+            "null".into(),
+        ]
+    }
+
+    fn tail(&self, pid: i32) -> LogTail {
+        LogTail::new(self.file("out.log")).watch_pid(pid as u32)
+    }
+}
+
+fn capture_counter(args: &[&str]) -> Captured {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("c.lzr");
+    let mut fx = Fixture::spawn("counter", args).expect("spawn");
+    fx.wait_ready(T);
+    let mut last_tick = fx
+        .wait_line(|l| l.is("TICK") && l.u64("n") >= 2, T)
+        .u64("n");
+    let pid = fx.pid() as i32;
+    ok(&[
+        &"capture",
+        &"--pid",
+        &pid.to_string(),
+        &"-o",
+        &img,
+        &"--kill",
+    ]);
+    while let Ok(l) = fx.try_wait_line(|l| l.is("TICK"), Duration::from_secs(5)) {
+        last_tick = l.u64("n");
+    }
+    // Reap it: its pid is free again.
+    fx.wait_exit(T);
+    Captured {
+        dir,
+        img,
+        pid,
+        last_tick,
+    }
+}
+
+/// A running `lazarus` command with its stdout read line by line; killed and reaped
+/// on drop.
+struct Agent {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Agent {
+    fn spawn(args: &[String]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lazarus"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run lazarus");
+        let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        Self { child, lines }
+    }
+
+    /// The next line it prints (the command prints its first line as soon as the
+    /// process runs; the wait is bounded by the restore's own timeouts).
+    fn line(&mut self) -> String {
+        self.lines
+            .next()
+            .expect("a line from lazarus")
+            .expect("read lazarus's stdout")
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lazarus did not exit within {T:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process that is not our child: killed when dropped.
+struct Process {
+    pidfd: OwnedFd,
+    pid: i32,
+}
+
+impl Process {
+    fn new(pid: i32) -> Self {
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_raw(pid).expect("pid"),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .expect("pidfd_open");
+        Self { pidfd, pid }
+    }
+
+    fn gone_within(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut fds = [rustix::event::PollFd::new(
+                &self.pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let zero = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn status_field(&self, field: &str) -> Option<String> {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+        self.gone_within(T);
+    }
+}
+
+#[test]
+fn restore_prints_the_pid_serves_then_leaves_the_process_alone() {
+    let c = capture_counter(&["--mib", "16", "--interval-ms", "20"]);
+    let mut args = c.restore_args();
+    args.push("--json".into());
+    let mut agent = Agent::spawn(&args);
+    let started: serde_json::Value = serde_json::from_str(&agent.line()).expect("JSON");
+    let pid = started["pid"].as_i64().expect("pid") as i32;
+    assert_eq!(pid, c.pid, "the original pid");
+    assert_eq!(
+        started["agent_pid"].as_u64(),
+        Some(u64::from(agent.child.id()))
+    );
+    let process = Process::new(pid);
+    let mut out = c.tail(pid);
+    let next = out.wait_tag("TICK", T);
+    assert_eq!(next.u64("n"), c.last_tick + 1);
+    // The counter touches all its memory every tick: the agent finishes soon.
+    let summary: serde_json::Value = serde_json::from_str(&agent.line()).expect("JSON");
+    assert!(agent.wait().success());
+    assert_eq!(summary["pid"], pid);
+    assert!(summary["exit"].is_null(), "{summary}");
+    assert!(
+        summary["stats"]["population"]["populated"]
+            .as_bool()
+            .unwrap_or(false)
+    );
+    assert!(summary["timings"]["running"].as_f64().is_some());
+    // The working set was saved beside the image.
+    assert!(Path::new(&format!("{}.ws", c.img.display())).exists());
+    // Alone now: not traced, reparented, still ticking.
+    assert_eq!(process.status_field("TracerPid:").as_deref(), Some("0"));
+    out.wait_line(|l| l.is("TICK") && l.u64("n") >= c.last_tick + 4, T);
+}
+
+#[test]
+fn the_restored_process_dies_with_its_agent() {
+    // 64 MiB of which each tick verifies 1: most pages stay unserved without prefetch.
+    let c = capture_counter(&[
+        "--mib",
+        "64",
+        "--verify-mib",
+        "1",
+        "--full-every",
+        "100000",
+        "--interval-ms",
+        "20",
+    ]);
+    let mut args = c.restore_args();
+    args.push("--no-prefetch".into());
+    let mut agent = Agent::spawn(&args);
+    let pid: i32 = agent.line().trim().parse().expect("the pid");
+    let process = Process::new(pid);
+    let mut out = c.tail(pid);
+    out.wait_line(|l| l.is("TICK") && l.u64("n") >= c.last_tick + 2, T);
+    // SIGKILL: the agent cannot clean anything up.
+    agent.child.kill().expect("kill the agent");
+    assert!(
+        process.gone_within(T),
+        "the restored process outlived its agent: {:?}",
+        process.status_field("State:")
+    );
+    // It never saw a zero page in place of a missing one.
+    let log = std::fs::read_to_string(c.file("out.log")).expect("out.log");
+    assert!(!log.contains("CORRUPT"), "{log}");
+    // Dead, not stopped or traced: gone, or a zombie until its new parent (the
+    // agent's reaper) collects it.
+    let state = process.status_field("State:").unwrap_or_default();
+    assert!(
+        state.is_empty() || state.starts_with('Z'),
+        "left in state {state}"
+    );
+}
+
+#[test]
+fn a_process_that_exits_while_served_is_reported() {
+    let c = capture_counter(&[
+        "--mib",
+        "32",
+        "--verify-mib",
+        "1",
+        "--full-every",
+        "100000",
+        "--interval-ms",
+        "20",
+        "--ticks",
+        "8",
+    ]);
+    let mut args = c.restore_args();
+    args.push("--no-prefetch".into());
+    let mut agent = Agent::spawn(&args);
+    let pid: i32 = agent.line().trim().parse().expect("the pid");
+    let summary = agent.line();
+    assert!(agent.wait().success());
+    assert!(
+        summary.contains(&format!("restored pid {pid}")),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("the process exited with status 0"),
+        "{summary}"
+    );
+    let log = std::fs::read_to_string(c.file("out.log")).expect("out.log");
+    assert!(log.contains("DONE ticks=8"), "{log}");
+}
+
+#[test]
+fn detach_returns_once_the_process_runs_and_the_agent_serves_in_the_background() {
+    let c = capture_counter(&["--mib", "16", "--interval-ms", "20"]);
+    let log = c.file("agent.log");
+    let mut args = c.restore_args();
+    args.extend(["--detach", "--json", "--log"].map(String::from));
+    args.push(log.to_string_lossy().into_owned());
+    let out = lazarus(
+        &args
+            .iter()
+            .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let pid = started["pid"].as_i64().expect("pid") as i32;
+    let agent_pid = started["agent_pid"].as_i64().expect("agent pid") as i32;
+    let process = Process::new(pid);
+    let agent = Process::new(agent_pid);
+    // The restored process's parent is the background agent.
+    assert_eq!(
+        process.status_field("PPid:"),
+        Some(agent_pid.to_string()),
+        "parent"
+    );
+    let mut ticks = c.tail(pid);
+    assert_eq!(ticks.wait_tag("TICK", T).u64("n"), c.last_tick + 1);
+    // Once every page is in, the agent finishes, logs its summary and exits.
+    assert!(agent.gone_within(T), "the agent did not finish");
+    let text = std::fs::read_to_string(&log).expect("agent log");
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(summary["pid"], pid);
+    ticks.wait_line(|l| l.is("TICK") && l.u64("n") >= c.last_tick + 4, T);
+}
+
+#[test]
+fn a_corrupt_image_is_refused_before_anything_starts() {
+    let c = capture_counter(&["--mib", "4", "--interval-ms", "20"]);
+    let bytes = std::fs::read(&c.img).expect("read the image");
+    let truncated = c.file("truncated.lzr");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).expect("write");
+    let flipped = c.file("flipped.lzr");
+    let mut damaged = bytes.clone();
+    // A byte of the index (just before the 48-byte footer).
+    let at = damaged.len() - 48 - 10;
+    damaged[at] ^= 0x40;
+    std::fs::write(&flipped, &damaged).expect("write");
+    for img in [&truncated, &flipped] {
+        let mut args = c.restore_args();
+        args[1] = img.to_string_lossy().into_owned();
+        let out = lazarus(
+            &args
+                .iter()
+                .map(|a| a as &dyn AsRef<std::ffi::OsStr>)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot open"), "{err}");
+        assert!(out.stdout.is_empty());
+        // Nothing was started: the captured pid is still free.
+        assert!(!Path::new(&format!("/proc/{}", c.pid)).exists());
+    }
+}
