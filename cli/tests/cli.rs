@@ -277,6 +277,26 @@ fn inspect_json_parses_and_text_is_complete() {
 }
 
 #[test]
+fn inspect_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = dir.path().join("mem.raw");
+    let img = dir.path().join("mem.lzr");
+    sparse_mem(&mem);
+    ok(&[&"capture", &"--from-file", &mem, &"-o", &img]);
+    // `lazarus inspect IMG | head -0`: the reader is gone before the first
+    // line (Rust ignores SIGPIPE, so the write fails with EPIPE).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args([std::ffi::OsStr::new("inspect"), img.as_os_str()])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+#[test]
 fn errors_are_one_line_with_a_non_zero_status() {
     let dir = tempfile::tempdir().unwrap();
     let mem = dir.path().join("mem.raw");

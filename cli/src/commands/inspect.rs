@@ -1,5 +1,6 @@
 //! `lazarus inspect IMG [--json]`: what an image holds.
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -122,21 +123,37 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             serde_json::to_string_pretty(&report).context("cannot encode JSON")?
         );
     } else {
-        print_text(&report, file.parent().map(|p| (p.path.as_path(), p.id)));
+        let written = print_text(
+            &mut std::io::stdout().lock(),
+            &report,
+            file.parent().map(|p| (p.path.as_path(), p.id)),
+        );
+        match written {
+            // The reader went away (`lazarus inspect IMG | head`): not an error.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            other => other.context("cannot write to stdout")?,
+        }
     }
     Ok(())
 }
 
-fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
+/// Writes the report as text. Errors are the output's (a closed pipe
+/// when piped into `head`, say).
+fn print_text(
+    out: &mut impl Write,
+    r: &Report<'_>,
+    parent: Option<(&Path, ImageId)>,
+) -> io::Result<()> {
     let s = &r.stats;
-    println!("image      {}", r.path.display());
-    println!("id         {}", r.id);
-    println!(
+    writeln!(out, "image      {}", r.path.display())?;
+    writeln!(out, "id         {}", r.id)?;
+    writeln!(
+        out,
         "format     version {}, page size {}, chunk size {}",
         r.version,
         human(u64::from(r.page_size)),
         human(u64::from(r.chunk_size))
-    );
+    )?;
     let m = r.metadata;
     let mut meta = Vec::new();
     if let Some(pid) = m.pid {
@@ -164,18 +181,20 @@ fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
     {
         meta.push(format!("captured at unix time {}", t.as_secs()));
     }
-    println!(
+    writeln!(
+        out,
         "metadata   {}",
         if meta.is_empty() {
             "-".into()
         } else {
             meta.join(", ")
         }
-    );
+    )?;
     if let Some(p) = &m.process {
         let handlers = p.signal_actions.iter().filter(|a| a.handler > 1).count();
         let in_syscall = p.threads.iter().filter(|t| t.syscall.is_some()).count();
-        println!(
+        writeln!(
+            out,
             "process    {} threads ({in_syscall} in a system call), {} fds, {handlers} signal handlers, brk {:#x}, cwd {}{}",
             p.threads.len(),
             p.fds.len(),
@@ -185,9 +204,10 @@ fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
                 .map_or("-".into(), |c| c.display().to_string()),
             p.job_stop_signal
                 .map_or(String::new(), |s| format!(", stopped by signal {s}")),
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "memory     {} in {} regions: {} data, {} zero, {} in parent, {} from files",
         human(s.raw_bytes),
         s.regions,
@@ -195,8 +215,9 @@ fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
         human(s.zero_bytes),
         human(s.parent_bytes),
         human(s.file_bytes)
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "chunks     {} ({} zstd, {} raw): {} raw, {} stored, dedup saved {}",
         s.chunks,
         s.zstd_chunks,
@@ -204,9 +225,14 @@ fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
         human(s.chunk_raw_bytes),
         human(s.stored_bytes),
         human(r.dedup_saved_bytes)
-    );
-    println!("file       {}, ratio {:.2}x", human(r.file_len), r.ratio);
-    println!("regions");
+    )?;
+    writeln!(
+        out,
+        "file       {}, ratio {:.2}x",
+        human(r.file_len),
+        r.ratio
+    )?;
+    writeln!(out, "regions")?;
     for reg in &r.regions {
         let i = reg.info;
         let what = match (&i.file, &i.name) {
@@ -214,7 +240,8 @@ fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
             (None, Some(n)) => n.clone(),
             (None, None) => String::new(),
         };
-        println!(
+        writeln!(
+            out,
             "  {:#014x}-{:#014x} {:>10} {}{} {:<12} {} runs: data {}, zero {}, parent {}, file {} {}",
             i.start,
             i.end(),
@@ -228,26 +255,28 @@ fn print_text(r: &Report<'_>, parent: Option<(&Path, ImageId)>) {
             human(reg.parent_bytes),
             human(reg.file_bytes),
             what
-        );
+        )?;
     }
     match (parent, &r.parent_chain_error) {
-        (None, _) => println!("parent     none"),
+        (None, _) => writeln!(out, "parent     none")?,
         (Some((path, id)), None) => {
-            println!("parent     {} ({id})", path.display());
-            println!("chain");
+            writeln!(out, "parent     {} ({id})", path.display())?;
+            writeln!(out, "chain")?;
             for (n, l) in r.parent_chain.iter().enumerate() {
-                println!(
+                writeln!(
+                    out,
                     "  {n} {} {} ({} chunks, {} stored)",
                     l.path.display(),
                     l.id,
                     l.chunks,
                     human(l.stored_bytes)
-                );
+                )?;
             }
         }
         (Some((path, id)), Some(err)) => {
-            println!("parent     {} ({id})", path.display());
-            println!("chain      BROKEN: {err}");
+            writeln!(out, "parent     {} ({id})", path.display())?;
+            writeln!(out, "chain      BROKEN: {err}")?;
         }
     }
+    Ok(())
 }
