@@ -113,6 +113,74 @@ fn failed(space: &Space, what: &str, addr: u64, e: &FillError) -> Outcome {
     Outcome::Failed
 }
 
+/// The bytes a fill reports done: all of them, or the progress an `EAGAIN`
+/// carries.
+fn bytes_done(result: &Result<u64, FillError>) -> u64 {
+    match result {
+        Ok(n) => *n,
+        Err(FillError::Again { done }) => *done,
+        Err(_) => 0,
+    }
+}
+
+/// The loop every fill shares: for each run of units in state `from` within
+/// `[u0, u1)`, `fill(u, v)` installs units `[u, v)` with one ioctl (doing its
+/// own byte accounting); the units it reports done move to `to`, and its
+/// error decides what comes next (the table in the module docs). `what`
+/// names the ioctl in logs.
+#[allow(clippy::too_many_arguments)]
+fn fill_runs(
+    space: &Space,
+    seg: &Segment,
+    (u0, u1): (usize, usize),
+    (from, to): (PageState, PageState),
+    what: &str,
+    wake: bool,
+    counters: &Counters,
+    mut fill: impl FnMut(usize, usize) -> Result<u64, FillError>,
+) -> Outcome {
+    let mut u = u0;
+    while u < u1 {
+        if seg.state(u) != from {
+            u += 1;
+            continue;
+        }
+        let mut v = u + 1;
+        while v < u1 && seg.state(v) == from {
+            v += 1;
+        }
+        let result = fill(u, v);
+        let done_units = (bytes_done(&result) / seg.unit) as usize;
+        advance(space, seg, u, u + done_units, from, to);
+        match result {
+            Ok(_) => u = v,
+            Err(FillError::Again { done }) if done > 0 => u += done_units,
+            Err(FillError::Again { .. }) => {
+                counters.eagain.inc();
+                space.metrics.counters.eagain.inc();
+                return Outcome::Again;
+            }
+            Err(FillError::Exists) => {
+                // Present already (a poisoned unit cannot be: bad chunks are
+                // never copied): served, wake its waiters.
+                counters.eexist.inc();
+                advance(space, seg, u, u + 1, from, PageState::Served);
+                if wake {
+                    wake_unit(space, seg, u, counters);
+                }
+                u += 1;
+            }
+            Err(FillError::NoEntry) => return Outcome::NoEntry,
+            Err(FillError::TargetGone) => {
+                space.set_gone();
+                return Outcome::Gone;
+            }
+            Err(e) => return failed(space, what, seg.host_of(u), &e),
+        }
+    }
+    Outcome::Done
+}
+
 /// Copies the `Snapshot` units of `[u0, u1)` from `bytes` (which hold exactly
 /// those units' contents). `wake`: wake the waiters of the filled range
 /// (otherwise `DONTWAKE`). `prefetch`: count the bytes as prefetched.
@@ -134,34 +202,20 @@ pub(crate) fn copy_units(
     } else {
         CopyMode::DONTWAKE
     };
-    let mut u = u0;
-    while u < u1 {
-        if seg.state(u) != PageState::Snapshot {
-            u += 1;
-            continue;
-        }
-        let mut v = u + 1;
-        while v < u1 && seg.state(v) == PageState::Snapshot {
-            v += 1;
-        }
-        let src = &bytes[(u - u0) * unit..(v - u0) * unit];
-        counters.copy_ioctls.inc();
-        let result = uffd::copy(space.fd(), seg.host_of(u), src, mode);
-        let done = match &result {
-            Ok(n) => *n,
-            Err(FillError::Again { done }) => *done,
-            Err(_) => 0,
-        };
-        let done_units = (done / seg.unit) as usize;
-        if done_units > 0 {
-            advance(
-                space,
-                seg,
-                u,
-                u + done_units,
-                PageState::Snapshot,
-                PageState::Served,
-            );
+    let states = (PageState::Snapshot, PageState::Served);
+    fill_runs(
+        space,
+        seg,
+        (u0, u1),
+        states,
+        "UFFDIO_COPY",
+        wake,
+        counters,
+        |u, v| {
+            let src = &bytes[(u - u0) * unit..(v - u0) * unit];
+            counters.copy_ioctls.inc();
+            let result = uffd::copy(space.fd(), seg.host_of(u), src, mode);
+            let done = bytes_done(&result);
             counters.bytes_copied.add(done);
             if prefetch {
                 counters.prefetch_bytes.add(done);
@@ -169,32 +223,9 @@ pub(crate) fn copy_units(
             } else {
                 space.metrics.counters.fault_bytes.add(done);
             }
-        }
-        match result {
-            Ok(_) => u = v,
-            Err(FillError::Again { done }) if done > 0 => u += done_units,
-            Err(FillError::Again { .. }) => {
-                counters.eagain.inc();
-                space.metrics.counters.eagain.inc();
-                return Outcome::Again;
-            }
-            Err(FillError::Exists) => {
-                counters.eexist.inc();
-                advance(space, seg, u, u + 1, PageState::Snapshot, PageState::Served);
-                if wake {
-                    wake_unit(space, seg, u, counters);
-                }
-                u += 1;
-            }
-            Err(FillError::NoEntry) => return Outcome::NoEntry,
-            Err(FillError::TargetGone) => {
-                space.set_gone();
-                return Outcome::Gone;
-            }
-            Err(e) => return failed(space, "UFFDIO_COPY", seg.host_of(u), &e),
-        }
-    }
-    Outcome::Done
+            result
+        },
+    )
 }
 
 /// Fills the `Zero` units of `[u0, u1)` with zeros: `UFFDIO_ZEROPAGE` over
@@ -208,63 +239,20 @@ pub(crate) fn zero_units(
     wake: bool,
     counters: &Counters,
 ) -> Outcome {
-    let mut u = u0;
-    while u < u1 {
-        if seg.state(u) != PageState::Zero {
-            u += 1;
-            continue;
-        }
-        let mut v = u + 1;
-        while v < u1 && seg.state(v) == PageState::Zero {
-            v += 1;
-        }
-        let result = fill_zero(
-            env,
-            space,
-            seg.host_of(u),
-            (v - u) as u64 * seg.unit,
-            seg.unit,
-            wake,
-            counters,
-        );
-        let done_units = (match &result {
-            Ok(n) => *n,
-            Err(FillError::Again { done }) => *done,
-            Err(_) => 0,
-        } / seg.unit) as usize;
-        advance(
-            space,
-            seg,
-            u,
-            u + done_units,
-            PageState::Zero,
-            PageState::Served,
-        );
-        match result {
-            Ok(_) => u = v,
-            Err(FillError::Again { done }) if done > 0 => u += done_units,
-            Err(FillError::Again { .. }) => {
-                counters.eagain.inc();
-                space.metrics.counters.eagain.inc();
-                return Outcome::Again;
-            }
-            Err(FillError::Exists) => {
-                counters.eexist.inc();
-                advance(space, seg, u, u + 1, PageState::Zero, PageState::Served);
-                if wake {
-                    wake_unit(space, seg, u, counters);
-                }
-                u += 1;
-            }
-            Err(FillError::NoEntry) => return Outcome::NoEntry,
-            Err(FillError::TargetGone) => {
-                space.set_gone();
-                return Outcome::Gone;
-            }
-            Err(e) => return failed(space, "zero fill", seg.host_of(u), &e),
-        }
-    }
-    Outcome::Done
+    let states = (PageState::Zero, PageState::Served);
+    fill_runs(
+        space,
+        seg,
+        (u0, u1),
+        states,
+        "zero fill",
+        wake,
+        counters,
+        |u, v| {
+            let len = (v - u) as u64 * seg.unit;
+            fill_zero(env, space, seg.host_of(u), len, seg.unit, wake, counters)
+        },
+    )
 }
 
 /// Installs zeros at `[addr, addr + len)` in units of `unit`: one
@@ -287,11 +275,7 @@ pub(crate) fn fill_zero(
             ZeroPageMode::DONTWAKE
         };
         let n = uffd::zeropage(space.fd(), Range::new(addr, len), mode);
-        let done = match &n {
-            Ok(n) => *n,
-            Err(FillError::Again { done }) => *done,
-            Err(_) => 0,
-        };
+        let done = bytes_done(&n);
         counters.bytes_zeroed.add(done);
         space.metrics.counters.zeroed_bytes.add(done);
         return n;
@@ -342,59 +326,24 @@ pub(crate) fn poison_units(
     } else {
         PoisonMode::DONTWAKE
     };
-    let mut u = u0;
-    while u < u1 {
-        if seg.state(u) != PageState::Snapshot {
-            u += 1;
-            continue;
-        }
-        let mut v = u + 1;
-        while v < u1 && seg.state(v) == PageState::Snapshot {
-            v += 1;
-        }
-        counters.poison_ioctls.inc();
-        let range = Range::new(seg.host_of(u), (v - u) as u64 * seg.unit);
-        let result = uffd::poison(space.fd(), range, mode);
-        let done_units = (match &result {
-            Ok(n) => *n,
-            Err(FillError::Again { done }) => *done,
-            Err(_) => 0,
-        } / seg.unit) as usize;
-        advance(
-            space,
-            seg,
-            u,
-            u + done_units,
-            PageState::Snapshot,
-            PageState::Poisoned,
-        );
-        match result {
-            Ok(_) => u = v,
-            Err(FillError::Again { done }) if done > 0 => u += done_units,
-            Err(FillError::Again { .. }) => {
-                counters.eagain.inc();
-                space.metrics.counters.eagain.inc();
-                return Outcome::Again;
-            }
-            Err(FillError::Exists) => {
-                // Present already (filled before the chunk went bad cannot
-                // happen: bad chunks are never copied): leave it, wake.
-                counters.eexist.inc();
-                advance(space, seg, u, u + 1, PageState::Snapshot, PageState::Served);
-                if wake {
-                    wake_unit(space, seg, u, counters);
-                }
-                u += 1;
-            }
-            Err(FillError::NoEntry) => return Outcome::NoEntry,
-            Err(FillError::TargetGone) => {
-                space.set_gone();
-                return Outcome::Gone;
-            }
-            Err(e) => return failed(space, "UFFDIO_POISON", seg.host_of(u), &e),
-        }
-    }
-    Outcome::Done
+    let states = (PageState::Snapshot, PageState::Poisoned);
+    fill_runs(
+        space,
+        seg,
+        (u0, u1),
+        states,
+        "UFFDIO_POISON",
+        wake,
+        counters,
+        |u, v| {
+            counters.poison_ioctls.inc();
+            uffd::poison(
+                space.fd(),
+                Range::new(seg.host_of(u), (v - u) as u64 * seg.unit),
+                mode,
+            )
+        },
+    )
 }
 
 /// Assembles the image bytes of `[addr, addr + out.len())` (one huge unit)
