@@ -14,8 +14,7 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -518,39 +517,6 @@ fn working_sets_load_on_the_next_start() {
     drop(h);
 }
 
-/// A hugetlbfs mount in a temporary directory, unmounted on drop.
-struct HugetlbfsMount {
-    dir: tempfile::TempDir,
-}
-
-impl HugetlbfsMount {
-    fn new() -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "hugetlbfs", "-o", "pagesize=2M,mode=0700", "none"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for HugetlbfsMount {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("cannot unmount {}", self.dir.path().display());
-        }
-    }
-}
-
 #[test]
 fn hugetlbfs_guest_memory_is_served_in_whole_2m_pages() {
     const MIB: u64 = 32;
@@ -560,7 +526,7 @@ fn hugetlbfs_guest_memory_is_served_in_whole_2m_pages() {
         eprintln!("SKIPPED: cannot reserve 2 MiB huge pages (not root, or no memory)");
         return;
     };
-    let Some(mount) = HugetlbfsMount::new() else {
+    let Some(mount) = fixtures::mount::TempMount::new("hugetlbfs", "pagesize=2M,mode=0700") else {
         eprintln!("SKIPPED: cannot mount hugetlbfs");
         return;
     };

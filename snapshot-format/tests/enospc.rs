@@ -5,37 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use snapshot_format::{Compression, ImageWriter, RegionInfo, WriteError, WriterOptions};
-
-/// A tmpfs mounted for the test, unmounted on drop.
-struct SmallFs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallFs {
-    fn mount() -> Option<Self> {
-        let dir = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1M", "lazarus-test"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
 
 fn fill(path: &Path, workers: usize) -> Result<(), WriteError> {
     let mut first_err = None;
@@ -69,7 +41,7 @@ fn fill(path: &Path, workers: usize) -> Result<(), WriteError> {
 
 #[test]
 fn full_disk_leaves_no_file() {
-    let Some(fs) = SmallFs::mount() else {
+    let Some(fs) = fixtures::mount::TempMount::new("tmpfs", "size=1M") else {
         eprintln!("SKIPPED: cannot mount a tmpfs (not root?); ENOSPC behaviour untested");
         return;
     };
