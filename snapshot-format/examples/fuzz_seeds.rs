@@ -8,12 +8,17 @@
 //! writes, for each image `NAME.lzr`, `OUT_DIR/image_reader/NAME` (the image
 //! as is), `OUT_DIR/image_index/NAME` (when its chunk area is under 64 KiB)
 //! and `OUT_DIR/chunk_frame/NAME-<chunk>` (one per chunk the input can state).
+//! It adds two images of its own: `fuzz-parent` (the parent the
+//! `image_reader` target resolves parents against) and `fuzz-child`, an
+//! incremental image captured against it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use snapshot_format::ImageFile;
-use snapshot_format::fuzzing::{chunk_frame_inputs, image_index_input};
+use snapshot_format::fuzzing::{
+    chunk_frame_inputs, fuzz_parent, image_index_input, write_fuzz_child,
+};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args_os().skip(1);
@@ -24,7 +29,10 @@ fn main() -> anyhow::Result<()> {
         std::fs::create_dir_all(out.join(target))
             .with_context(|| format!("creating {}", out.join(target).display()))?;
     }
-    for image in args.map(PathBuf::from) {
+    let tmp = tempfile::tempdir()?;
+    let mut images: Vec<PathBuf> = args.map(PathBuf::from).collect();
+    images.extend(parent_and_child(tmp.path())?);
+    for image in images {
         let bytes =
             std::fs::read(&image).with_context(|| format!("reading {}", image.display()))?;
         let file = ImageFile::from_bytes(&bytes)
@@ -55,4 +63,13 @@ fn main() -> anyhow::Result<()> {
 
 fn write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes `fuzz-parent.lzr` and `fuzz-child.lzr` into `dir`.
+fn parent_and_child(dir: &Path) -> anyhow::Result<[PathBuf; 2]> {
+    let parent = dir.join("fuzz-parent.lzr");
+    std::fs::write(&parent, fuzz_parent())?;
+    let child = dir.join("fuzz-child.lzr");
+    write_fuzz_child(&child)?;
+    Ok([parent, child])
 }

@@ -21,18 +21,22 @@
 //!
 //! | target          | input                                                              |
 //! | --------------- | ------------------------------------------------------------------ |
-//! | [`image_reader`] | any bytes, parsed as a whole image                                |
+//! | [`image_reader`] | any bytes, parsed as a whole image (one naming a parent gets [`fuzz_parent`]) |
 //! | [`image_index`]  | `[u16 LE n][n bytes of chunk area][index]`, wrapped in a valid header and a footer whose checksum matches |
 //! | [`chunk_frame`]  | `[flags][raw pages - 1][frame]`: one chunk with that frame, inside an image that passes validation |
 
+use std::path::Path;
+use std::sync::OnceLock;
+
 use crate::codec::{ChunkDecoder, Codec, chunk_hash, is_zero};
-use crate::error::{ChunkError, OpenError, ReadError};
+use crate::error::{ChunkError, OpenError, ReadError, WriteError};
 use crate::file::ImageFile;
 use crate::image::{ChunkId, Image, PageSource};
 use crate::index::{Blob, ChunkEntry, IndexRepr, RegionRepr, RunSource, encode_chunk, encode_run};
 use crate::layout::{Footer, HEADER_LEN, Header};
 use crate::limits::{MAX_CHUNK_RAW_LEN, MAX_CHUNK_STORED_LEN, MAX_PAGE_SIZE, MIN_PAGE_SIZE};
-use crate::meta::{ProcessMetadata, RegionInfo};
+use crate::meta::{ParentRef, ProcessMetadata, RegionInfo};
+use crate::writer::{ImageWriter, WriteSummary, WriterOptions};
 
 /// Bytes of guard pattern kept behind every chunk buffer.
 const GUARD_LEN: usize = 64;
@@ -69,8 +73,19 @@ pub fn wrap(chunk_area: &[u8], index: &[u8]) -> Vec<u8> {
 
 /// Target `image_reader`: `data` parsed as a whole image; when it opens,
 /// everything the reader offers is exercised.
+///
+/// An image naming a parent is resolved against [`fuzz_parent`] (its
+/// identity must match what the image recorded, as when opening a chain
+/// from files), which reaches the flattening of parent runs.
 pub fn image_reader(data: &[u8]) {
-    if let Ok(image) = Image::from_bytes(data) {
+    let Ok(top) = ImageFile::from_bytes(data) else {
+        return;
+    };
+    let mut layers = vec![top];
+    if layers[0].parent().is_some() {
+        layers.push(ImageFile::from_bytes(fuzz_parent()).expect("the fuzz parent is valid"));
+    }
+    if let Ok(image) = Image::from_layers(layers) {
         exercise(&image);
     }
 }
@@ -260,42 +275,141 @@ fn one_chunk_image(
     raw_len: usize,
     hash: u128,
 ) -> Vec<u8> {
-    let mut chunks = Vec::new();
-    encode_chunk(
-        &mut chunks,
-        &ChunkEntry {
-            offset: u64::from(HEADER_LEN),
-            // Frames longer than u32 can hold are beyond a fuzzer's inputs;
-            // saturate rather than wrap so the table still refuses them.
-            stored_len: u32::try_from(frame.len()).unwrap_or(u32::MAX),
-            raw_len: raw_len as u32,
-            codec,
-            hash,
-        },
-    );
-    let mut runs = Vec::new();
-    encode_run(
-        &mut runs,
-        (raw_len / page_size as usize) as u64,
-        RunSource::Data {
-            chunk: 0,
-            offset: 0,
-        },
+    let pages = (raw_len / page_size as usize) as u64;
+    build_image(
         page_size,
-    );
+        None,
+        &[(codec, frame, raw_len as u32, hash)],
+        &[(
+            RegionInfo::raw_file(FRAME_REGION_START, raw_len as u64),
+            &[(
+                pages,
+                RunSource::Data {
+                    chunk: 0,
+                    offset: 0,
+                },
+            )],
+        )],
+    )
+}
+
+/// An image built by hand: `chunks` as `(codec, frame, raw length, hash)`,
+/// frames stored back to back after the header; `regions` with their runs
+/// as `(pages, source)`. Nothing is checked: that is the reader's job.
+fn build_image(
+    page_size: u32,
+    parent: Option<ParentRef>,
+    chunks: &[(Codec, &[u8], u32, u128)],
+    regions: &[(RegionInfo, &[(u64, RunSource)])],
+) -> Vec<u8> {
+    let mut table = Vec::new();
+    let mut frames = Vec::new();
+    for &(codec, frame, raw_len, hash) in chunks {
+        encode_chunk(
+            &mut table,
+            &ChunkEntry {
+                offset: u64::from(HEADER_LEN) + frames.len() as u64,
+                // Frames longer than u32 can hold are beyond a fuzzer's
+                // inputs; saturate rather than wrap so the table still
+                // refuses them.
+                stored_len: u32::try_from(frame.len()).unwrap_or(u32::MAX),
+                raw_len,
+                codec,
+                hash,
+            },
+        );
+        frames.extend_from_slice(frame);
+    }
+    let run_tables: Vec<Vec<u8>> = regions
+        .iter()
+        .map(|(_, runs)| {
+            let mut t = Vec::new();
+            for &(pages, source) in *runs {
+                encode_run(&mut t, pages, source, page_size);
+            }
+            t
+        })
+        .collect();
     let index = IndexRepr {
         page_size,
         chunk_size: MAX_CHUNK_RAW_LEN,
         metadata: ProcessMetadata::default(),
-        parent: None,
-        regions: vec![RegionRepr {
-            info: RegionInfo::raw_file(FRAME_REGION_START, raw_len as u64),
-            runs: Blob(&runs),
-        }],
-        chunks: Blob(&chunks),
+        parent,
+        regions: regions
+            .iter()
+            .zip(&run_tables)
+            .map(|((info, _), t)| RegionRepr {
+                info: info.clone(),
+                runs: Blob(t),
+            })
+            .collect(),
+        chunks: Blob(&table),
     };
     let index = rmp_serde::to_vec_named(&index).expect("an index serializes");
-    wrap(frame, &index)
+    wrap(&frames, &index)
+}
+
+/// First address of the [`fuzz_parent`]'s regions: 16 pages, then 8 pages.
+pub const FUZZ_PARENT_REGIONS: [(u64, u64); 2] = [(0x10_0000, 16 * 4096), (0x20_0000, 8 * 4096)];
+
+/// The parent image that [`image_reader`] resolves every input naming a
+/// parent against (whatever path it names), so that the target reaches
+/// parent-chain resolution. Built by hand, so its bytes, and therefore its
+/// identity, never change: seeds can name it (see `examples/fuzz_seeds.rs`).
+///
+/// 4 KiB pages; two raw chunks of 4 and 8 pages; region 0: 4 pages of chunk
+/// 0, 4 zero pages, 8 pages of chunk 1; region 1: the second half of chunk
+/// 1 (deduplicated), then 4 zero pages.
+pub fn fuzz_parent() -> &'static [u8] {
+    static PARENT: OnceLock<Vec<u8>> = OnceLock::new();
+    PARENT.get_or_init(|| {
+        let a: Vec<u8> = (0..4 * 4096u32).map(|i| (i % 251) as u8).collect();
+        let b: Vec<u8> = (0..8 * 4096u32).map(|i| (i % 13) as u8 | 0x40).collect();
+        let [(start0, len0), (start1, len1)] = FUZZ_PARENT_REGIONS;
+        build_image(
+            4096,
+            None,
+            &[
+                (Codec::Raw, &a, a.len() as u32, chunk_hash(&a)),
+                (Codec::Raw, &b, b.len() as u32, chunk_hash(&b)),
+            ],
+            &[
+                (
+                    RegionInfo::raw_file(start0, len0),
+                    &[
+                        (
+                            4,
+                            RunSource::Data {
+                                chunk: 0,
+                                offset: 0,
+                            },
+                        ),
+                        (4, RunSource::Zero),
+                        (
+                            8,
+                            RunSource::Data {
+                                chunk: 1,
+                                offset: 0,
+                            },
+                        ),
+                    ],
+                ),
+                (
+                    RegionInfo::raw_file(start1, len1),
+                    &[
+                        (
+                            4,
+                            RunSource::Data {
+                                chunk: 1,
+                                offset: 4 * 4096,
+                            },
+                        ),
+                        (4, RunSource::Zero),
+                    ],
+                ),
+            ],
+        )
+    })
 }
 
 /// Whether `b` holds only the guard pattern.
@@ -423,6 +537,36 @@ fn exercise(image: &Image) {
     for layer in image.layers() {
         let _ = layer.stats();
     }
+}
+
+/// Writes an incremental image over [`fuzz_parent`] at `path` (naming it
+/// as `fuzz-parent.lzr`): parent ranges, three changed pages, a region of
+/// its own. Seeds [`image_reader`]'s parent-chain resolution.
+pub fn write_fuzz_child(path: &Path) -> Result<WriteSummary, WriteError> {
+    let id = ImageFile::from_bytes(fuzz_parent())
+        .expect("the fuzz parent is valid")
+        .id();
+    let opts = WriterOptions {
+        chunk_size: 8192,
+        parent: Some(ParentRef {
+            path: "fuzz-parent.lzr".into(),
+            id,
+        }),
+        ..WriterOptions::default()
+    };
+    let mut w = ImageWriter::create(path, opts)?;
+    let [(start0, len0), (start1, len1)] = FUZZ_PARENT_REGIONS;
+    let page = 4096;
+    w.begin_region(RegionInfo::raw_file(start0, len0))?;
+    w.write_parent(start0, 4 * page)?;
+    let changed: Vec<u8> = (0..3 * page).map(|i| (i % 7) as u8 + 1).collect();
+    w.write_pages(start0 + 4 * page, &changed)?;
+    w.write_parent(start0 + 7 * page, len0 - 7 * page)?;
+    w.begin_region(RegionInfo::raw_file(start1, len1))?;
+    w.write_parent(start1, len1)?;
+    w.begin_region(RegionInfo::raw_file(0x30_0000, 2 * page))?;
+    w.write_pages(0x30_0000, &changed[..2 * page as usize])?;
+    w.finish()
 }
 
 /// The [`image_index`] input that wraps back into `image` byte for byte:

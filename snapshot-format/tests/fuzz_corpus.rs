@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::sample_image;
-use snapshot_format::{Compression, ImageFile, fuzzing};
+use snapshot_format::{Compression, Image, ImageFile, PageSource, fuzzing};
 
 /// The committed corpus of `target`, sorted by file name; fails when it is
 /// missing or empty (the replay would silently prove nothing).
@@ -89,4 +89,27 @@ fn seed_encoders_invert_the_input_formats() {
         }
     }
     assert_eq!(index_inputs, 1);
+}
+
+/// The image_reader target resolves a child against its built-in parent:
+/// the child the seeds use opens as a two-layer chain whose parent runs are
+/// flattened to the parent's chunks.
+#[test]
+fn fuzz_child_resolves_against_the_fuzz_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fuzz-child.lzr");
+    fuzzing::write_fuzz_child(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let child = ImageFile::from_bytes(&bytes).unwrap();
+    let parent = ImageFile::from_bytes(fuzzing::fuzz_parent()).unwrap();
+    let image = Image::from_layers(vec![child, parent]).unwrap();
+    assert_eq!(image.layers().len(), 2);
+    assert!(
+        image.extents().iter().any(|e| matches!(
+            e.source,
+            PageSource::Chunk { chunk, .. } if image.chunks()[chunk.0 as usize].layer == 1
+        )),
+        "no extent resolves to a parent chunk"
+    );
+    fuzzing::image_reader(&bytes);
 }
