@@ -181,14 +181,14 @@ impl Report {
     }
 }
 
-/// The generated image and what it holds.
-struct Bench {
-    _dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-    image: Arc<Image>,
-    layout: Layout,
+/// The generated image and what it holds (also the `serve` suite's).
+pub(crate) struct Bench {
+    pub(crate) _dir: Option<tempfile::TempDir>,
+    pub(crate) path: PathBuf,
+    pub(crate) image: Arc<Image>,
+    pub(crate) layout: Layout,
     /// Wrapping sum of every word of the region.
-    sum: u64,
+    pub(crate) sum: u64,
 }
 
 /// Runs the whole suite.
@@ -209,8 +209,9 @@ pub fn run(cfg: &Config) -> Result<Report, BenchError> {
     })
 }
 
-/// Writes the image (memfile layout) and computes its word sum.
-fn build(cfg: &Config) -> Result<Bench, BenchError> {
+/// Writes the image (memfile layout: the bytes the `memfile` fixture writes
+/// for the same seed and size) and computes its word sum.
+pub(crate) fn build(cfg: &Config) -> Result<Bench, BenchError> {
     let (tmp, dir) = match &cfg.dir {
         Some(d) => (None, d.clone()),
         None => {
@@ -287,12 +288,12 @@ fn options(policy: FaultPolicy, workers: usize, ws: Option<(&Path, bool, bool)>)
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

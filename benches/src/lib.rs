@@ -7,7 +7,12 @@
 //!   the region size (default 1024), `LAZARUS_BENCH_REPEAT` the repetitions.
 //! - [`capture`]: `lazarus capture --pid` of a memhog process against a raw
 //!   copy of its memory (`cargo bench -p lazarus-bench --bench capture`).
+//! - [`serve`]: `lazarus serve` as a VMM's page-fault handler against the
+//!   example handlers' strategy (`cargo bench -p lazarus-bench --bench
+//!   serve`; `LAZARUS_BENCH_MIB`, `LAZARUS_BENCH_REPEAT`).
 
 pub mod agent;
 pub mod capture;
+pub mod harness;
 mod mem;
+pub mod serve;

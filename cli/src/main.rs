@@ -35,6 +35,9 @@ enum Command {
     Verify(commands::verify::VerifyArgs),
     /// Write an image's memory back out as a raw (sparse) file.
     Extract(commands::extract::ExtractArgs),
+    /// Serve VMs' guest memory from an image: a Firecracker-compatible
+    /// userfaultfd page-fault handler on a Unix socket.
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => commands::inspect::run(&args),
         Command::Verify(args) => commands::verify::run(&args),
         Command::Extract(args) => commands::extract::run(&args),
+        Command::Serve(args) => commands::serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

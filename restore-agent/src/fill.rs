@@ -165,6 +165,9 @@ pub(crate) fn copy_units(
             counters.bytes_copied.add(done);
             if prefetch {
                 counters.prefetch_bytes.add(done);
+                space.metrics.counters.prefetch_bytes.add(done);
+            } else {
+                space.metrics.counters.fault_bytes.add(done);
             }
         }
         match result {
@@ -172,6 +175,7 @@ pub(crate) fn copy_units(
             Err(FillError::Again { done }) if done > 0 => u += done_units,
             Err(FillError::Again { .. }) => {
                 counters.eagain.inc();
+                space.metrics.counters.eagain.inc();
                 return Outcome::Again;
             }
             Err(FillError::Exists) => {
@@ -241,6 +245,7 @@ pub(crate) fn zero_units(
             Err(FillError::Again { done }) if done > 0 => u += done_units,
             Err(FillError::Again { .. }) => {
                 counters.eagain.inc();
+                space.metrics.counters.eagain.inc();
                 return Outcome::Again;
             }
             Err(FillError::Exists) => {
@@ -288,6 +293,7 @@ pub(crate) fn fill_zero(
             Err(_) => 0,
         };
         counters.bytes_zeroed.add(done);
+        space.metrics.counters.zeroed_bytes.add(done);
         return n;
     }
     let mode = if wake {
@@ -302,6 +308,7 @@ pub(crate) fn fill_zero(
             Ok(n) => {
                 done += n;
                 counters.bytes_zeroed.add(n);
+                space.metrics.counters.zeroed_bytes.add(n);
             }
             Err(e) if done > 0 => {
                 // Report the progress first; the caller retries and sees `e`.
@@ -366,6 +373,7 @@ pub(crate) fn poison_units(
             Err(FillError::Again { done }) if done > 0 => u += done_units,
             Err(FillError::Again { .. }) => {
                 counters.eagain.inc();
+                space.metrics.counters.eagain.inc();
                 return Outcome::Again;
             }
             Err(FillError::Exists) => {

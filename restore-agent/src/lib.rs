@@ -20,6 +20,9 @@
 //!   [`Mapping`]s. Process restore (a uffd taken from the restored process
 //!   with `pidfd_getfd`) and `lazarus serve` (a VMM's uffd received over a
 //!   socket) plug in here: [`FaultServer::add_space`].
+//! - [`serve::Handler`]: `lazarus serve`, a Firecracker-compatible page-fault
+//!   handler: VMMs hand it their guest memory's userfaultfd over a Unix
+//!   socket; each becomes a space of one shared `FaultServer`.
 //! - [`uffd`]: the userfaultfd layer (thin, safe, exactly mapped errors).
 //!
 //! `docs/AGENT.md` in the repository is the guide for library users.
@@ -50,6 +53,7 @@ pub mod mapping;
 mod mem;
 mod prefetch;
 pub mod restore;
+pub mod serve;
 pub mod server;
 mod space;
 mod state;
@@ -67,8 +71,9 @@ pub use restore::{
 };
 pub use server::{
     AddSpaceError, FaultPolicy, FaultServer, GoneReason, ServerError, ServerEvent, ServerOptions,
+    SpaceMonitor,
 };
 pub use space::SpaceId;
 pub use state::PageState;
-pub use stats::Stats;
+pub use stats::{AddressSpaceStats, Stats};
 pub use workset::{WorkingSet, WorkingSetError};

@@ -231,6 +231,7 @@ fn mapping_states(image: &Image, m: &Mapping) -> Result<(Vec<PageState>, u64), M
     let extents = image.extents();
     let mut i = extents.partition_point(|e| e.end() <= m.image);
     let mut cursor = m.image;
+    let mut filled = 0u64;
     while cursor < end {
         let Some(e) = extents.get(i).filter(|e| e.start <= cursor) else {
             return Err(MappingError::OutsideImage { addr: cursor });
@@ -242,13 +243,26 @@ fn mapping_states(image: &Image, m: &Mapping) -> Result<(Vec<PageState>, u64), M
                 let first = ((cursor - m.image) / m.page_size) as usize;
                 let last = ((piece_end - 1 - m.image) / m.page_size) as usize;
                 states[first..=last].fill(PageState::Snapshot);
+                filled += (last - first + 1) as u64;
             }
             PageSource::File { .. } => return Err(MappingError::FileBacked { addr: cursor }),
         }
         cursor = piece_end;
         i += 1;
     }
-    let snapshot = states.iter().filter(|s| **s == PageState::Snapshot).count() as u64;
+    // Units of image pages each lie in one extent (extents are whole image
+    // pages), so the runs filled are disjoint and their sum is the count (a
+    // second pass over a GiB's 262 144 states cost ~90 µs of a VM's first
+    // fault); a larger unit can hold several extents: count those.
+    let snapshot = if m.page_size == u64::from(image.page_size()) {
+        debug_assert_eq!(
+            filled,
+            states.iter().filter(|s| **s == PageState::Snapshot).count() as u64
+        );
+        filled
+    } else {
+        states.iter().filter(|s| **s == PageState::Snapshot).count() as u64
+    };
     Ok((states, snapshot))
 }
 

@@ -31,8 +31,10 @@ use serde::Serialize;
 use crate::gate::Gate;
 use crate::server::Garbage;
 use crate::state::PageState;
+use crate::stats::SpaceMetrics;
 use crate::table::{Segment, Table};
 use crate::uffd::{Features, Userfaultfd};
+use crate::workset::Recorder;
 
 /// Identifies an address space served by a [`FaultServer`](crate::FaultServer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -87,8 +89,9 @@ pub(crate) struct Space {
     table: RwLock<Table>,
     /// Bumped each time the table is replaced.
     table_gen: AtomicU64,
-    /// Units in `Snapshot` state.
-    remaining: AtomicU64,
+    /// Its statistics, its count of units in `Snapshot` state and its
+    /// working-set recorder (shared with monitors: they outlive the space).
+    pub(crate) metrics: Arc<SpaceMetrics>,
     /// The target exited (or the space was removed).
     pub(crate) gone: AtomicBool,
     /// The prefetch pass finished (true from the start without prefetch).
@@ -103,11 +106,14 @@ pub(crate) struct Space {
 }
 
 impl Space {
+    /// A space of `snapshot_units` units to fill; records its own working
+    /// set into `recorder` if given.
     pub(crate) fn new(
         id: SpaceId,
         uffd: Userfaultfd,
         table: Table,
         snapshot_units: u64,
+        recorder: Option<Recorder>,
         wakeup: Arc<Wakeup>,
         janitor: Sender<Garbage>,
     ) -> Self {
@@ -118,7 +124,7 @@ impl Space {
             gate: Gate::default(),
             table: RwLock::new(table),
             table_gen: AtomicU64::new(0),
-            remaining: AtomicU64::new(snapshot_units),
+            metrics: Arc::new(SpaceMetrics::new(id, snapshot_units, recorder)),
             gone: AtomicBool::new(false),
             prefetch_done: AtomicBool::new(true),
             leak_fd: AtomicBool::new(false),
@@ -179,7 +185,7 @@ impl Space {
 
     /// Units still in `Snapshot` state.
     pub(crate) fn remaining(&self) -> u64 {
-        self.remaining.load(Ordering::Acquire)
+        self.metrics.remaining.load(Ordering::Acquire)
     }
 
     /// `n` units left the `Snapshot` state (by a fill, poison or event);
@@ -188,7 +194,7 @@ impl Space {
         if n == 0 {
             return;
         }
-        let prev = self.remaining.fetch_sub(n, Ordering::AcqRel);
+        let prev = self.metrics.remaining.fetch_sub(n, Ordering::AcqRel);
         debug_assert!(prev >= n, "remaining units underflow");
         if prev == n {
             self.wakeup.wake();
@@ -267,7 +273,8 @@ impl Space {
         self.edit_table(|t, dropped| t.remap(from, to, len, dropped));
     }
 
-    /// FORK: the child's space, with a copy of this one's table and states.
+    /// FORK: the child's space, with a copy of this one's table and states
+    /// (and statistics of its own; it records no working set of its own).
     /// (Allocates: called right after the FORK event was read, when that is
     /// safe; see `server/run.rs`.)
     pub(crate) fn fork(&self, id: SpaceId, uffd: Userfaultfd) -> Self {
@@ -277,6 +284,7 @@ impl Space {
             uffd,
             table,
             snapshot,
+            None,
             Arc::clone(&self.wakeup),
             self.janitor.clone(),
         )

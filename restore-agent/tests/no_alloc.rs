@@ -73,6 +73,34 @@ fn thread_named(name: &str) -> i32 {
     tids[0]
 }
 
+/// Waits until thread `tid` sleeps. The janitor's first blocking receive
+/// makes crossbeam's one-time allocations (its wait context, the channel's
+/// waiter list); start-up primes them with a 1 ms timed receive, but on a
+/// loaded machine the receive's spin-and-yield phase can outlast that
+/// timeout and return without ever blocking, leaving the allocations to the
+/// janitor's first real wait, which then races the measured faults. After
+/// start-up the janitor's only sleep is that wait, so once it sleeps it has
+/// made them.
+fn wait_asleep(tid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        if state == Some("S") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "thread {tid} never slept: {stat}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 fn options(policy: FaultPolicy) -> RestoreOptions {
     RestoreOptions {
         placement: Placement::Anywhere,
@@ -108,6 +136,7 @@ fn the_server_thread_allocates_nothing_between_reads() {
         let h = restore_into(Arc::clone(&img.image), options(policy)).expect("restore");
         let base = h.regions()[0].addr;
         SERVER.store(thread_named("lazarus-faults"), Ordering::SeqCst);
+        wait_asleep(thread_named("lazarus-janitor"));
         // Warm up: the first fault of the process.
         assert!(mem_equals(base, &want[..PAGE]));
 

@@ -3,4 +3,5 @@
 pub(crate) mod capture;
 pub(crate) mod extract;
 pub(crate) mod inspect;
+pub(crate) mod serve;
 pub(crate) mod verify;

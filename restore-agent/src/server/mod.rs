@@ -74,7 +74,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use snapshot_format::{ChunkId, Image};
+use snapshot_format::{ChunkId, Image, ImageId};
 
 use crate::cache::{CacheOptions, ChunkCache};
 use crate::fill::Env;
@@ -82,7 +82,7 @@ use crate::mapping::{Mapping, MappingError, initial_states};
 use crate::prefetch::{PoolShared, Prefetcher, build_plan};
 use crate::space::{Space, SpaceId, Wakeup};
 use crate::state::StateArray;
-use crate::stats::{Counters, Latency, Stats};
+use crate::stats::{AddressSpaceStats, Counters, Latency, SpaceMetrics, Stats};
 use crate::table::{Segment, Table};
 use crate::uffd::Userfaultfd;
 use crate::workset::{Recorder, WorkingSet};
@@ -164,6 +164,40 @@ pub enum ServerEvent {
     },
     /// Every live space became populated (see [`FaultServer::wait_populated`]).
     Populated,
+}
+
+/// The statistics (and working set) of one space, from
+/// [`FaultServer::add_space_monitored`]. Holds no resource of the space:
+/// it stays readable after the space is gone, with its final figures.
+#[derive(Debug, Clone)]
+pub struct SpaceMonitor {
+    metrics: Arc<SpaceMetrics>,
+    image: ImageId,
+}
+
+impl SpaceMonitor {
+    /// The space.
+    pub fn id(&self) -> SpaceId {
+        self.metrics.id
+    }
+
+    /// A snapshot of the space's statistics. Never stalls the fault path.
+    pub fn stats(&self) -> AddressSpaceStats {
+        self.metrics.stats()
+    }
+
+    /// The chunks this space first faulted on, in order (empty unless the
+    /// server records working sets).
+    pub fn working_set(&self) -> WorkingSet {
+        WorkingSet::new(
+            self.image,
+            self.metrics
+                .recorder
+                .as_ref()
+                .map(Recorder::chunks)
+                .unwrap_or_default(),
+        )
+    }
 }
 
 /// The server could not start.
@@ -459,6 +493,28 @@ impl FaultServer {
         uffd: Userfaultfd,
         mappings: &[Mapping],
     ) -> Result<SpaceId, AddSpaceError> {
+        self.add(uffd, mappings, false).map(|m| m.id())
+    }
+
+    /// [`add_space`](Self::add_space), returning a [`SpaceMonitor`]: the
+    /// space's own statistics and, with
+    /// [`ServerOptions::record_working_set`], its own first-fault order of
+    /// chunks, readable until the monitor is dropped (also after the space is
+    /// gone). `lazarus serve` adds each VMM connection so.
+    pub fn add_space_monitored(
+        &self,
+        uffd: Userfaultfd,
+        mappings: &[Mapping],
+    ) -> Result<SpaceMonitor, AddSpaceError> {
+        self.add(uffd, mappings, self.shared.opts.record_working_set)
+    }
+
+    fn add(
+        &self,
+        uffd: Userfaultfd,
+        mappings: &[Mapping],
+        record: bool,
+    ) -> Result<SpaceMonitor, AddSpaceError> {
         if self.is_stopped() {
             return Err(AddSpaceError::Stopped);
         }
@@ -476,14 +532,20 @@ impl FaultServer {
             })
             .collect();
         let id = self.shared.new_id();
+        let recorder = record.then(|| Recorder::new(self.shared.env.image.chunks().len()));
         let space = Arc::new(Space::new(
             id,
             uffd,
             Table::new(segments),
             snapshot,
+            recorder,
             Arc::clone(&self.shared.wakeup),
             self.shared.janitor.clone(),
         ));
+        let monitor = SpaceMonitor {
+            metrics: Arc::clone(&space.metrics),
+            image: self.shared.env.image.id(),
+        };
         // Everything the server thread needs is allocated here, in the
         // caller's thread (see `run.rs`).
         let local = run::Local::new(Arc::clone(&space), self.shared.opts.batch);
@@ -499,7 +561,7 @@ impl FaultServer {
         }
         self.shared.wakeup.wake();
         self.shared.prefetcher.add_pass(space, false);
-        Ok(id)
+        Ok(monitor)
     }
 
     /// Stops serving `id`. With `unregister`, first unregisters every range

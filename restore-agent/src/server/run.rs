@@ -83,6 +83,8 @@ const SPACES_RESERVED: usize = 256;
 /// `add_space`, or by the server after a FORK).
 pub(crate) struct Local {
     space: Arc<Space>,
+    /// Records into the space's own latency histogram.
+    latency: LatencyWriter,
     msgs: MsgBuffer,
     queue: VecDeque<Pending>,
     /// Read again even without epoll readiness (after `EAGAIN`, or a full
@@ -96,6 +98,7 @@ impl Local {
     /// Allocates the buffers for serving `space`.
     pub(crate) fn new(space: Arc<Space>, batch: usize) -> Self {
         Self {
+            latency: LatencyWriter::new(Arc::clone(&space.metrics.latency)),
             msgs: MsgBuffer::new(batch),
             queue: VecDeque::with_capacity(QUEUE_CAP),
             // Faults may have queued before the fd was polled.
@@ -332,13 +335,18 @@ impl Server {
         self.spaces.push(local);
     }
 
-    /// Whether every live space is populated, told to the waiters.
+    /// Whether every live space is populated, told to the waiters; notes
+    /// the time each space first was.
     fn update_population(&self) {
-        let populated = self
-            .spaces
-            .iter()
-            .all(|l| l.space.is_gone() || l.space.is_populated());
-        self.shared.set_population(populated);
+        let mut all = true;
+        for l in &self.spaces {
+            if l.space.is_populated() {
+                l.space.metrics.set_populated();
+            } else if !l.space.is_gone() {
+                all = false;
+            }
+        }
+        self.shared.set_population(all);
     }
 
     /// Removes spaces whose target is gone; true if any.
@@ -406,6 +414,7 @@ impl Server {
                 match msg {
                     Ok(Event::PageFault(pf)) => {
                         counters.faults.inc();
+                        space.metrics.counters.faults.inc();
                         if l.queue.len() < QUEUE_CAP {
                             l.queue.push_back(Pending {
                                 addr: pf.address,
@@ -422,24 +431,29 @@ impl Server {
                     }
                     Ok(Event::Remove { start, end }) => {
                         counters.events_remove.inc();
+                        space.metrics.counters.events_remove.inc();
                         space.apply_remove(start, end);
                     }
                     Ok(Event::Unmap { start, end }) => {
                         counters.events_unmap.inc();
+                        space.metrics.counters.events_unmap.inc();
                         space.apply_unmap(start, end);
                     }
                     Ok(Event::Remap { from, to, len }) => {
                         counters.events_remap.inc();
+                        space.metrics.counters.events_remap.inc();
                         space.apply_remap(from, to, len);
                     }
                     Ok(Event::Fork { uffd: child }) => {
                         counters.events_fork.inc();
+                        space.metrics.counters.events_fork.inc();
                         let uffd = Userfaultfd::from_fork(child, space.uffd());
                         let id = self.shared.new_id();
                         children.push(Arc::new(space.fork(id, uffd)));
                     }
                     Err(e) => {
                         counters.events_other.inc();
+                        space.metrics.counters.events_other.inc();
                         log::warn!("{}: {e}", space.id);
                     }
                 }
@@ -489,10 +503,12 @@ impl Server {
                     l.queue.pop_front();
                     let ns = u64::try_from(p.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     self.latency.record(ns);
+                    l.latency.record(ns);
                 }
                 Outcome::Failed => {
                     l.queue.pop_front();
                     self.filler.counters.fault_unserved.inc();
+                    space.metrics.counters.fault_unserved.inc();
                 }
                 Outcome::Again => {
                     l.needs_read = true;
@@ -520,8 +536,10 @@ impl Server {
     /// Serves one fault at `addr`.
     fn serve_fault(&mut self, space: &Space, table: &Table, addr: u64) -> Outcome {
         let env = Arc::clone(&self.shared.env);
+        let kinds = &space.metrics.counters;
         let Some(seg) = table.find(addr) else {
             self.filler.counters.fault_stray.inc();
+            kinds.fault_stray.inc();
             return stray(&env, space, addr, &self.filler.counters);
         };
         let u = seg.unit_at(addr);
@@ -529,15 +547,18 @@ impl Server {
             PageState::Snapshot => self.snapshot(space, table, seg, u),
             PageState::Zero => {
                 self.filler.counters.fault_zero.inc();
+                kinds.fault_zero.inc();
                 let (a, b) = self.zero_window(seg, u);
                 fill::zero_units(&env, space, seg, a, b, true, &self.filler.counters)
             }
             PageState::Served => {
                 self.filler.counters.fault_present.inc();
+                kinds.fault_present.inc();
                 present(&env, space, seg, u, &self.filler.counters)
             }
             PageState::Poisoned => {
                 self.filler.counters.fault_poison.inc();
+                kinds.fault_poison.inc();
                 repoison(space, seg, u, &self.filler.counters)
             }
         }
@@ -568,20 +589,24 @@ impl Server {
             staging,
             counters,
         } = &mut self.filler;
+        let own = space.metrics.recorder.as_ref();
+        let kinds = &space.metrics.counters;
         let img = seg.image_of(u);
         if !env.direct(seg) {
             let unit = seg.unit as usize;
             let out = &mut staging[..unit];
             let assembled = fill::assemble(&env, scratch, img, out, Use::Fault, counters, |c| {
-                if let Some(r) = recorder {
+                for r in recorder.into_iter().chain(own) {
                     r.record(c);
                 }
             });
             counters.fault_copy.inc();
+            kinds.fault_copy.inc();
             return match assembled {
                 Ok(()) => fill::copy_units(space, seg, u, u + 1, out, true, false, counters),
                 Err(_) => {
                     counters.fault_poison.inc();
+                    kinds.fault_poison.inc();
                     fill::poison_units(space, seg, u, u + 1, true, counters)
                 }
             };
@@ -600,14 +625,16 @@ impl Server {
             );
             return Outcome::Failed;
         };
-        if let Some(r) = recorder {
+        for r in recorder.into_iter().chain(own) {
             r.record(chunk);
         }
         let Ok(bytes) = env.cache.get(chunk, scratch, Use::Fault, counters) else {
             counters.fault_poison.inc();
+            kinds.fault_poison.inc();
             return fill::poison_units(space, seg, u, u + 1, true, counters);
         };
         counters.fault_copy.inc();
+        kinds.fault_copy.inc();
         let unit = seg.unit as usize;
         let off = offset as usize;
         let first = fill::copy_units(
