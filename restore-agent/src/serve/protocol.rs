@@ -430,12 +430,12 @@ pub fn fuzz_handshake(data: &[u8]) {
     };
     let bytes = &bytes[..bytes.len().min(MAX_HANDSHAKE_BYTES)];
     let step = if seed == u8::MAX {
-        bytes.len().max(1)
+        bytes.len()
     } else {
         usize::from(seed) + 1
     };
     let (scan, received) = scan_in_pieces(bytes, step);
-    let (whole, _) = scan_in_pieces(bytes, bytes.len().max(1));
+    let (whole, _) = scan_in_pieces(bytes, bytes.len());
     assert_eq!(
         format!("{scan:?}"),
         format!("{whole:?}"),
@@ -467,9 +467,11 @@ pub fn fuzz_handshake(data: &[u8]) {
 }
 
 /// Feeds `bytes` to a new scanner `step` bytes at a time, as a connection
-/// receives them, until it answers other than `Incomplete` or the bytes run
-/// out; returns its last answer and the bytes received by then.
+/// receives them (at least one byte at a time), until it answers other than
+/// `Incomplete` or the bytes run out; returns its last answer and the bytes
+/// received by then.
 fn scan_in_pieces(bytes: &[u8], step: usize) -> (Result<Scan, ProtocolError>, &[u8]) {
+    let step = step.max(1);
     let mut scanner = HandshakeScanner::new();
     let mut end = 0;
     loop {
@@ -523,25 +525,11 @@ mod tests {
 
     const FIRECRACKER: &[u8] = br#"[{"base_host_virt_addr":140346579222528,"size":268435456,"offset":0,"page_size":4096,"page_size_kib":4096}]"#;
 
-    /// Feeds `msg` in pieces of `step` bytes; returns the scan result.
-    fn scan_in_pieces(msg: &[u8], step: usize) -> Result<Scan, ProtocolError> {
-        let mut s = HandshakeScanner::new();
-        let mut end = 0;
-        loop {
-            end = (end + step).min(msg.len());
-            match s.feed(&msg[..end])? {
-                Scan::Incomplete if end == msg.len() => return Ok(Scan::Incomplete),
-                Scan::Incomplete => {}
-                done => return Ok(done),
-            }
-        }
-    }
-
     #[test]
     fn firecracker_message_in_any_split() {
         for step in [1, 2, 7, 64, FIRECRACKER.len()] {
             assert_eq!(
-                scan_in_pieces(FIRECRACKER, step).expect("scan"),
+                scan_in_pieces(FIRECRACKER, step).0.expect("scan"),
                 Scan::Complete {
                     len: FIRECRACKER.len()
                 }
@@ -563,7 +551,7 @@ mod tests {
     fn brackets_inside_strings_do_not_count() {
         let msg =
             br#" [{"base_host_virt_addr":4096,"size":4096,"offset":0,"x":"]}\"]["}] trailing"#;
-        let Scan::Complete { len } = scan_in_pieces(msg, 3).expect("scan") else {
+        let Scan::Complete { len } = scan_in_pieces(msg, 3).0.expect("scan") else {
             panic!("incomplete");
         };
         assert_eq!(&msg[len..], b" trailing");
@@ -669,7 +657,7 @@ mod tests {
         #[test]
         fn hostile_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), step in 1usize..40) {
             let whole = HandshakeScanner::new().feed(&bytes).map_err(|e| e.to_string());
-            let pieces = scan_in_pieces(&bytes, step).map_err(|e| e.to_string());
+            let pieces = scan_in_pieces(&bytes, step).0.map_err(|e| e.to_string());
             match (&whole, &pieces) {
                 (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
                 (Err(_), Err(_)) => {}
