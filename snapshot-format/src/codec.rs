@@ -16,6 +16,31 @@
 //!
 //! [`ChunkEncoder`] and [`ChunkDecoder`] own a zstd context each and are meant
 //! to be kept per thread: after the first call they allocate nothing.
+//!
+//! # Hostile frames
+//!
+//! Chunk frames come from untrusted images. [`ChunkDecoder`] decodes them
+//! with zstd's one-shot API (`ZSTD_decompressDCtx`) straight into the
+//! caller's buffer, which is exactly the chunk's raw length (at most
+//! [`MAX_CHUNK_RAW_LEN`](crate::limits::MAX_CHUNK_RAW_LEN)):
+//!
+//! - output is bounded by the buffer: a frame that would produce more, or
+//!   declares a larger content size, is an error, and nothing is written
+//!   past the buffer;
+//! - the window is the output buffer itself, so a frame declaring a huge
+//!   window (a header can declare up to 2 GiB) costs no memory. zstd's
+//!   *streaming* decoder, by contrast, allocates a window buffer per frame,
+//!   up to its `windowLogMax` (128 MiB by default): chunks are never decoded
+//!   with it (`tests/zstd_memory.rs` checks both under an address-space
+//!   limit);
+//! - the decoders of the pre-1.0 zstd formats ("legacy", magic numbers
+//!   `0xFD2FB521..=0xFD2FB527`) are compiled out (the workspace disables the
+//!   `zstd` crate's default features): Lazarus never wrote such frames, and
+//!   those old decoders would expose more code to hostile input and allocate
+//!   a context per call. Such a frame is a corrupt chunk.
+//!
+//! The fuzz target `chunk_frame` (`fuzz/`) drives hostile frames through
+//! the whole reader path.
 
 use std::io;
 
@@ -185,7 +210,8 @@ impl ChunkDecoder {
 
     /// Decodes `stored` (of codec `codec`) into `out`, which must be exactly
     /// the chunk's raw length. Returns the number of bytes produced; zstd
-    /// never writes past `out`, whatever the frame claims.
+    /// never writes past `out` and allocates nothing, whatever the frame
+    /// claims (see [Hostile frames](self#hostile-frames)).
     pub(crate) fn decode_into(
         &mut self,
         codec: Codec,
@@ -248,6 +274,87 @@ mod tests {
         let (codec, stored) = enc.encode(&random).unwrap();
         assert_eq!(codec, Codec::Raw);
         assert_eq!(stored, &random[..]);
+    }
+
+    /// A zstd frame header without content size, declaring a window of
+    /// `2^window_log` bytes, followed by `blocks`.
+    fn frame(window_log: u8, blocks: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, (window_log - 10) << 3];
+        f.extend_from_slice(blocks);
+        f
+    }
+
+    /// A block header: `len` bytes (raw) or `len` repeats (RLE).
+    fn block(kind: u32, len: u32, last: bool) -> [u8; 3] {
+        let h = (len << 3) | (kind << 1) | u32::from(last);
+        [h as u8, (h >> 8) as u8, (h >> 16) as u8]
+    }
+
+    const RAW_BLOCK: u32 = 0;
+    const RLE_BLOCK: u32 = 1;
+
+    #[test]
+    fn huge_declared_window_needs_no_window_buffer() {
+        // 2 GiB window (the most zstd can declare on 64-bit), 4 KiB of
+        // content: one-shot decoding writes straight into the caller's
+        // buffer and allocates nothing for the window.
+        let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let mut f = frame(31, &block(RAW_BLOCK, 4096, true));
+        f.extend_from_slice(&payload);
+        let mut dec = ChunkDecoder::new().unwrap();
+        let mut out = vec![0u8; 4096];
+        assert_eq!(dec.decode_into(Codec::Zstd, &f, &mut out).unwrap(), 4096);
+        assert_eq!(out, payload);
+    }
+
+    #[test]
+    fn frames_producing_more_than_the_buffer_are_refused_within_it() {
+        let mut dec = ChunkDecoder::new().unwrap();
+        // 64 RLE blocks of 128 KiB (8 MiB) under a 128 MiB window, into a
+        // 64 KiB chunk: refused, nothing written past the chunk.
+        let mut blocks = Vec::new();
+        for i in 0..64 {
+            blocks.extend_from_slice(&block(RLE_BLOCK, 128 << 10, i == 63));
+            blocks.push(0x5a);
+        }
+        let f = frame(27, &blocks);
+        let mut buf = vec![0xa5u8; (64 << 10) + 64];
+        let (chunk, guard) = buf.split_at_mut(64 << 10);
+        assert!(dec.decode_into(Codec::Zstd, &f, chunk).is_err());
+        assert!(guard.iter().all(|&b| b == 0xa5));
+
+        // A content size of 2^40 bytes in the header: refused.
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0xc0, 11 << 3];
+        f.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        f.extend_from_slice(&block(RLE_BLOCK, 4096, true));
+        f.push(1);
+        let mut out = vec![0u8; 4096];
+        assert!(dec.decode_into(Codec::Zstd, &f, &mut out).is_err());
+
+        // The decoder is still good for an honest frame afterwards.
+        let mut f = frame(12, &block(RLE_BLOCK, 4096, true));
+        f.push(3);
+        assert_eq!(dec.decode_into(Codec::Zstd, &f, &mut out).unwrap(), 4096);
+        assert!(out.iter().all(|&b| b == 3));
+    }
+
+    /// Regression (found reviewing the zstd side for the `chunk_frame` fuzz
+    /// target): with the `zstd` crate's default features, this frame decoded
+    /// through the v0.7 legacy decoder, which allocates a context per call.
+    #[test]
+    fn legacy_zstd_frames_are_refused() {
+        // A zstd v0.7 frame (magic 0xFD2FB527, 64 KiB window, one raw block
+        // of 16 bytes, end block). Lazarus never wrote one.
+        let mut f = vec![0x27, 0xb5, 0x2f, 0xfd, 0x00, 0x30, 0x40, 0x00, 0x10];
+        f.extend_from_slice(b"sixteen bytes!!!");
+        f.extend_from_slice(&[0xc0, 0x00, 0x00]);
+        let mut dec = ChunkDecoder::new().unwrap();
+        let mut out = vec![0u8; 16];
+        let err = dec.decode_into(Codec::Zstd, &f, &mut out).unwrap_err();
+        assert!(
+            err.to_string().contains("Unknown frame descriptor"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -599,8 +599,8 @@ impl ImageFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::wrap;
     use crate::index::{Blob, RegionRepr, encode_chunk, encode_run};
-    use crate::layout::{Footer, Header};
 
     /// A description of a hand-made image: one 8-byte raw chunk area and
     /// whatever tables the test wants, assembled with a correct checksum.
@@ -683,20 +683,6 @@ mod tests {
         fn open(&self) -> Result<ImageFile, OpenError> {
             ImageFile::from_bytes(&self.bytes())
         }
-    }
-
-    /// A whole image: header, `frames`, `index`, and a matching footer.
-    fn wrap(frames: &[u8], index: &[u8]) -> Vec<u8> {
-        let mut out = Header::encode().to_vec();
-        out.extend_from_slice(frames);
-        let footer = Footer {
-            index_offset: out.len() as u64,
-            index_len: index.len() as u64,
-            index_hash: xxh3_128(index),
-        };
-        out.extend_from_slice(index);
-        out.extend_from_slice(&footer.encode());
-        out
     }
 
     #[test]

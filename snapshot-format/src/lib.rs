@@ -128,6 +128,8 @@
 pub mod codec;
 mod error;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod index;
 pub mod layout;

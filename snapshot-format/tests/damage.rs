@@ -5,7 +5,9 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use snapshot_format::{ChunkDecoder, ChunkError, Compression, Image, ImageFile, OpenError};
+use snapshot_format::{
+    ChunkDecoder, ChunkError, Compression, Image, ImageFile, OpenError, fuzzing,
+};
 
 /// Footer fields: (index_offset, index_len) of an image.
 fn footer(bytes: &[u8]) -> (u64, u64) {
@@ -192,33 +194,6 @@ fn foreign_files_and_future_versions_are_refused() {
     ));
 }
 
-/// Opens the bytes and exercises everything the reader offers. Must never
-/// panic; chunk bytes are only returned when they hash correctly.
-fn exercise(bytes: &[u8]) {
-    let Ok(image) = Image::from_bytes(bytes) else {
-        return;
-    };
-    let mut dec = ChunkDecoder::new().unwrap();
-    let mut buf = vec![0u8; image.max_chunk_raw_len()];
-    for i in 0..image.chunks().len() as u32 {
-        let id = snapshot_format::ChunkId(i);
-        if let Ok(n) = image.decode_chunk(id, &mut dec, &mut buf) {
-            assert_eq!(
-                snapshot_format::chunk_hash(&buf[..n]),
-                image.chunks()[i as usize].entry.hash
-            );
-        }
-        let _ = image.chunk_uses(id);
-    }
-    let mut reader = image.range_reader().unwrap();
-    let mut page = vec![0u8; 4096];
-    for e in image.extents() {
-        let _ = image.locate(e.start);
-        let _ = image.locate(e.end() - 1);
-        let _ = reader.read(e.start, &mut page[..e.len.min(4096) as usize]);
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -237,7 +212,7 @@ proptest! {
         if let Some(cut) = cut {
             b.truncate(cut.index(b.len()));
         }
-        exercise(&b);
+        fuzzing::image_reader(&b);
     }
 
     /// Damage inside the index with the footer checksum recomputed: this
@@ -256,12 +231,12 @@ proptest! {
         let hash = snapshot_format::chunk_hash(&b[off..off + len]);
         let n = b.len();
         b[n - 32..n - 16].copy_from_slice(&hash.to_le_bytes());
-        exercise(&b);
+        fuzzing::image_reader(&b);
     }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..4096)) {
-        exercise(&bytes);
+        fuzzing::image_reader(&bytes);
         // With a valid header and footer magic around the garbage.
         let mut b = vec![0u8; 32];
         b[..8].copy_from_slice(b"\x89LZR\r\n\x1a\n");
@@ -270,7 +245,7 @@ proptest! {
         b.extend_from_slice(&bytes);
         b.extend_from_slice(&[0u8; 40]);
         b.extend_from_slice(b"LZR-END\n");
-        exercise(&b);
+        fuzzing::image_reader(&b);
     }
 }
 

@@ -47,6 +47,10 @@
 //! no empty region, no overflow, no overlap (in the VMM nor in the file).
 //! Whether the file ranges lie inside the image is checked when the
 //! regions are added to the fault server.
+//!
+//! The scanner and the parser are fuzzed together (`fuzz_handshake`, the
+//! `serve_handshake` target in `fuzz/`); the committed corpus is replayed by
+//! `tests/fuzz_corpus.rs`.
 
 use serde::{Deserialize, Serialize};
 
@@ -396,31 +400,136 @@ pub fn validate(regions: &[GuestRegion]) -> Result<(), ProtocolError> {
     Ok(())
 }
 
+/// The body of the `serve_handshake` fuzz target (`fuzz/`), shared with the
+/// corpus replay test (`tests/fuzz_corpus.rs`); not part of the API.
+///
+/// ```text
+/// byte 0     split seed: the bytes arrive in pieces of (seed + 1) bytes,
+///            or all at once when the seed is 0xff
+/// bytes 1..  what the client sends (cut at MAX_HANDSHAKE_BYTES, the most
+///            the connection ever buffers)
+/// ```
+///
+/// It drives the scanner and the parser as a connection does (the whole
+/// buffer received so far given to [`HandshakeScanner::feed`] after each
+/// piece, then [`parse`] of that buffer) and panics when a promise is
+/// broken:
+///
+/// - no panic, whatever the bytes;
+/// - the split never changes the scanner's answer (compared with feeding
+///   everything at once), and a complete array ends inside the buffer;
+/// - parsed regions are what [`validate`] accepts, checked again here
+///   independently: 1 to [`MAX_REGIONS`] regions, page size 4 KiB or 2 MiB,
+///   non-empty, aligned, no overflow, no two overlapping (pairwise), in the
+///   VMM's memory nor in the file;
+/// - the regions, written back as a handshake, parse to the same regions.
+#[doc(hidden)]
+pub fn fuzz_handshake(data: &[u8]) {
+    let Some((&seed, bytes)) = data.split_first() else {
+        return;
+    };
+    let bytes = &bytes[..bytes.len().min(MAX_HANDSHAKE_BYTES)];
+    let step = if seed == u8::MAX {
+        bytes.len()
+    } else {
+        usize::from(seed) + 1
+    };
+    let (scan, received) = scan_in_pieces(bytes, step);
+    let (whole, _) = scan_in_pieces(bytes, bytes.len());
+    assert_eq!(
+        format!("{scan:?}"),
+        format!("{whole:?}"),
+        "pieces of {step} bytes changed the scanner's answer"
+    );
+    let Ok(Scan::Complete { len }) = scan else {
+        return;
+    };
+    assert!(
+        len <= received.len(),
+        "the array ends at {len}, past the {} bytes received",
+        received.len()
+    );
+    let Ok(regions) = parse(received, len) else {
+        return;
+    };
+    check_regions(&regions);
+    let again = serde_json::to_vec(&regions).expect("regions serialize");
+    let (rescan, _) = scan_in_pieces(&again, again.len());
+    let reparsed = match rescan {
+        Ok(Scan::Complete { len }) => parse(&again, len),
+        other => panic!("the regions written back scan as {other:?}"),
+    };
+    assert_eq!(
+        reparsed.ok().as_ref(),
+        Some(&regions),
+        "the regions written back parse differently"
+    );
+}
+
+/// Feeds `bytes` to a new scanner `step` bytes at a time, as a connection
+/// receives them (at least one byte at a time), until it answers other than
+/// `Incomplete` or the bytes run out; returns its last answer and the bytes
+/// received by then.
+fn scan_in_pieces(bytes: &[u8], step: usize) -> (Result<Scan, ProtocolError>, &[u8]) {
+    let step = step.max(1);
+    let mut scanner = HandshakeScanner::new();
+    let mut end = 0;
+    loop {
+        end = (end + step).min(bytes.len());
+        let r = scanner.feed(&bytes[..end]);
+        if end == bytes.len() || !matches!(r, Ok(Scan::Incomplete)) {
+            return (r, &bytes[..end]);
+        }
+    }
+}
+
+/// The checks [`validate`] promises, done the naive way (every pair).
+fn check_regions(regions: &[GuestRegion]) {
+    assert!(
+        !regions.is_empty() && regions.len() <= MAX_REGIONS,
+        "{} regions accepted",
+        regions.len()
+    );
+    for r in regions {
+        let p = r.page_size;
+        assert!(p == BASE_PAGE_SIZE || p == HUGE_PAGE_2M, "{r:?} accepted");
+        assert!(r.size > 0, "{r:?} accepted");
+        assert!(
+            r.base_host_virt_addr % p == 0 && r.size % p == 0 && r.offset % p == 0,
+            "{r:?} accepted"
+        );
+        assert!(
+            r.base_host_virt_addr.checked_add(r.size).is_some()
+                && r.offset.checked_add(r.size).is_some(),
+            "{r:?} accepted"
+        );
+    }
+    let overlap = |a: u64, b: u64, size_a: u64, size_b: u64| a < b + size_b && b < a + size_a;
+    for (i, a) in regions.iter().enumerate() {
+        for b in &regions[i + 1..] {
+            assert!(
+                !overlap(a.base_host_virt_addr, b.base_host_virt_addr, a.size, b.size),
+                "overlapping regions accepted: {a:?} {b:?}"
+            );
+            assert!(
+                !overlap(a.offset, b.offset, a.size, b.size),
+                "regions overlapping in the file accepted: {a:?} {b:?}"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const FIRECRACKER: &[u8] = br#"[{"base_host_virt_addr":140346579222528,"size":268435456,"offset":0,"page_size":4096,"page_size_kib":4096}]"#;
 
-    /// Feeds `msg` in pieces of `step` bytes; returns the scan result.
-    fn scan_in_pieces(msg: &[u8], step: usize) -> Result<Scan, ProtocolError> {
-        let mut s = HandshakeScanner::new();
-        let mut end = 0;
-        loop {
-            end = (end + step).min(msg.len());
-            match s.feed(&msg[..end])? {
-                Scan::Incomplete if end == msg.len() => return Ok(Scan::Incomplete),
-                Scan::Incomplete => {}
-                done => return Ok(done),
-            }
-        }
-    }
-
     #[test]
     fn firecracker_message_in_any_split() {
         for step in [1, 2, 7, 64, FIRECRACKER.len()] {
             assert_eq!(
-                scan_in_pieces(FIRECRACKER, step).expect("scan"),
+                scan_in_pieces(FIRECRACKER, step).0.expect("scan"),
                 Scan::Complete {
                     len: FIRECRACKER.len()
                 }
@@ -442,7 +551,7 @@ mod tests {
     fn brackets_inside_strings_do_not_count() {
         let msg =
             br#" [{"base_host_virt_addr":4096,"size":4096,"offset":0,"x":"]}\"]["}] trailing"#;
-        let Scan::Complete { len } = scan_in_pieces(msg, 3).expect("scan") else {
+        let Scan::Complete { len } = scan_in_pieces(msg, 3).0.expect("scan") else {
             panic!("incomplete");
         };
         assert_eq!(&msg[len..], b" trailing");
@@ -548,7 +657,7 @@ mod tests {
         #[test]
         fn hostile_bytes(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300), step in 1usize..40) {
             let whole = HandshakeScanner::new().feed(&bytes).map_err(|e| e.to_string());
-            let pieces = scan_in_pieces(&bytes, step).map_err(|e| e.to_string());
+            let pieces = scan_in_pieces(&bytes, step).0.map_err(|e| e.to_string());
             match (&whole, &pieces) {
                 (Ok(a), Ok(b)) => proptest::prop_assert_eq!(a, b),
                 (Err(_), Err(_)) => {}
