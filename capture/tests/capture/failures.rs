@@ -2,7 +2,6 @@
 //! killed mid-capture, a process someone else traces. Each must leave no image and
 //! (unless it died) a running, untraced process.
 
-
 use capture::{CaptureError, CaptureObserver, PermissionReason, Stage, capture_process};
 use fixtures::Fixture;
 use tracee::{SeizeOptions, SeizedProcess};

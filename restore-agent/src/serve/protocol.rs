@@ -110,7 +110,10 @@ impl HandshakeScanner {
     /// changed).
     pub fn feed(&mut self, buf: &[u8]) -> Result<Scan, ProtocolError> {
         let start = self.scanned.min(buf.len());
-        for (i, &b) in buf.iter().enumerate().skip(start) {
+        // Never past the limit, whatever the caller buffered: a message
+        // that is not complete within it is refused below.
+        let limited = &buf[..buf.len().min(MAX_HANDSHAKE_BYTES)];
+        for (i, &b) in limited.iter().enumerate().skip(start) {
             self.scanned = i + 1;
             if self.in_string {
                 if self.escaped {
@@ -406,8 +409,7 @@ pub fn validate(regions: &[GuestRegion]) -> Result<(), ProtocolError> {
 /// ```text
 /// byte 0     split seed: the bytes arrive in pieces of (seed + 1) bytes,
 ///            or all at once when the seed is 0xff
-/// bytes 1..  what the client sends (cut at MAX_HANDSHAKE_BYTES, the most
-///            the connection ever buffers)
+/// bytes 1..  what the client sends
 /// ```
 ///
 /// It drives the scanner and the parser as a connection does (the whole
@@ -428,7 +430,6 @@ pub fn fuzz_handshake(data: &[u8]) {
     let Some((&seed, bytes)) = data.split_first() else {
         return;
     };
-    let bytes = &bytes[..bytes.len().min(MAX_HANDSHAKE_BYTES)];
     let step = if seed == u8::MAX {
         bytes.len()
     } else {
@@ -445,8 +446,8 @@ pub fn fuzz_handshake(data: &[u8]) {
         return;
     };
     assert!(
-        len <= received.len(),
-        "the array ends at {len}, past the {} bytes received",
+        len <= received.len() && len <= MAX_HANDSHAKE_BYTES,
+        "the array ends at {len}, past the {} bytes received or the limit",
         received.len()
     );
     let Ok(regions) = parse(received, len) else {
@@ -590,6 +591,13 @@ mod tests {
         big.resize(MAX_HANDSHAKE_BYTES, b'a');
         assert!(matches!(
             HandshakeScanner::new().feed(&big),
+            Err(ProtocolError::TooLarge { .. })
+        ));
+        // Complete only past the limit, all in one buffer: still too large.
+        let mut long = big.clone();
+        long.extend_from_slice(b"\"]");
+        assert!(matches!(
+            HandshakeScanner::new().feed(&long),
             Err(ProtocolError::TooLarge { .. })
         ));
         // An unterminated string keeps it incomplete.
