@@ -4,42 +4,11 @@
 //! the fuzzer kept — including those that once failed — is checked on every
 //! test run, without the fuzzer.
 
-use std::path::{Path, PathBuf};
-
 use restore_agent::serve::protocol::{MAX_HANDSHAKE_BYTES, fuzz_handshake};
-
-/// The committed corpus, sorted by file name; fails when it is missing or
-/// empty (the replay would silently prove nothing).
-fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/serve_handshake");
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {} cannot be read: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("corpus directory entry").path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "corpus {} is empty", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p)
-                .unwrap_or_else(|e| panic!("corpus file {} cannot be read: {e}", p.display()));
-            (p, bytes)
-        })
-        .collect()
-}
 
 #[test]
 fn serve_handshake_corpus() {
-    for (path, bytes) in corpus() {
-        if std::panic::catch_unwind(|| fuzz_handshake(&bytes)).is_err() {
-            panic!(
-                "input {} fails (replay it with `cargo fuzz run serve_handshake {}`)",
-                path.display(),
-                path.display()
-            );
-        }
-    }
+    fixtures::fuzz::replay("serve_handshake", fuzz_handshake);
 }
 
 /// Inputs the fuzzer cannot reach with its default lengths: a message at

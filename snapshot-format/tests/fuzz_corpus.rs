@@ -5,47 +5,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::sample_image;
+use fixtures::fuzz::replay;
 use snapshot_format::{Compression, Image, ImageFile, PageSource, fuzzing};
-
-/// The committed corpus of `target`, sorted by file name; fails when it is
-/// missing or empty (the replay would silently prove nothing).
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target);
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {} cannot be read: {e}", dir.display()));
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("corpus directory entry").path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "corpus {} is empty", dir.display());
-    files
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p)
-                .unwrap_or_else(|e| panic!("corpus file {} cannot be read: {e}", p.display()));
-            (p, bytes)
-        })
-        .collect()
-}
-
-/// Runs `body` on every input of `target`'s corpus, naming the input that
-/// fails.
-fn replay(target: &str, body: fn(&[u8])) {
-    for (path, bytes) in corpus(target) {
-        if std::panic::catch_unwind(|| body(&bytes)).is_err() {
-            panic!(
-                "{target}: input {} fails (replay it with `cargo fuzz run {target} {}`)",
-                path.display(),
-                path.display()
-            );
-        }
-    }
-}
 
 #[test]
 fn image_reader_corpus() {
