@@ -505,7 +505,11 @@ fn the_helper_dies_with_an_agent_killed_while_it_drives_it() {
             Some(rustix::process::Signal::KILL.as_raw()),
             "{status:?}"
         );
-        assert!(threads_state(c.pid).is_empty(), "{:?}", threads_state(c.pid));
+        assert!(
+            threads_state(c.pid).is_empty(),
+            "{:?}",
+            threads_state(c.pid)
+        );
         let left = traced_by(agent_pid, &tracers);
         assert!(left.is_empty(), "still traced by the dead agent: {left:?}");
         return;
@@ -605,7 +609,10 @@ fn a_chunk_corrupted_on_disk_is_named_by_verify_and_only_its_pages_raise_sigbus(
         let read = memory.read(addr, &mut got);
         if in_bad {
             // Poisoned: no bytes at all, never wrong ones.
-            assert!(read.is_err(), "page {addr:#x} of the bad chunk was readable");
+            assert!(
+                read.is_err(),
+                "page {addr:#x} of the bad chunk was readable"
+            );
             poisoned += 1;
         } else {
             read.unwrap_or_else(|e| panic!("page {addr:#x}: {e}"));
@@ -614,7 +621,10 @@ fn a_chunk_corrupted_on_disk_is_named_by_verify_and_only_its_pages_raise_sigbus(
             good += 1;
         }
     }
-    assert!(poisoned > 0 && good > poisoned, "{poisoned} bad, {good} good");
+    assert!(
+        poisoned > 0 && good > poisoned,
+        "{poisoned} bad, {good} good"
+    );
     // Running, the counter reads its whole buffer: it dies of SIGBUS at the bad chunk
     // and never reports a corruption.
     rustix::process::pidfd_send_signal(&process.pidfd, rustix::process::Signal::CONT)
@@ -626,7 +636,10 @@ fn a_chunk_corrupted_on_disk_is_named_by_verify_and_only_its_pages_raise_sigbus(
         rustix::process::Signal::BUS.as_raw(),
         "{summary}"
     );
-    assert!(summary["stats"]["faults"]["poison"].as_u64() >= Some(1), "{summary}");
+    assert!(
+        summary["stats"]["faults"]["poison"].as_u64() >= Some(1),
+        "{summary}"
+    );
     let log = std::fs::read_to_string(c.file("out.log")).unwrap_or_default();
     assert!(!log.contains("CORRUPT"), "{log}");
 }

@@ -2,11 +2,8 @@
 //! killed mid-capture, a process someone else traces. Each must leave no image and
 //! (unless it died) a running, untraced process.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use capture::{CaptureError, CaptureObserver, PermissionReason, Stage, capture_process};
-use fixtures::Fixture;
+use fixtures::{Fixture, SmallFs};
 use tracee::{SeizeOptions, SeizedProcess};
 
 use crate::common::{T, files_in, kill_options, options, ticks_after, tracer_of};
@@ -58,30 +55,6 @@ impl CaptureObserver for Stages {
     }
 }
 
-/// A tmpfs of `size` mounted on a new directory, unmounted on drop.
-struct SmallFs {
-    path: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(parent: &Path, size: &str) -> Option<SmallFs> {
-        let path = parent.join("small");
-        std::fs::create_dir(&path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .ok()?;
-        status.success().then_some(SmallFs { path })
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
 #[test]
 fn a_full_disk_leaves_no_image_and_the_process_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,8 +65,8 @@ fn a_full_disk_leaves_no_image_and_the_process_running() {
     let (mut fx, n) = counter("16");
     // Leave running and kill alike: the image does not fit, the process survives.
     for opts in [
-        options(&fs.path, "full.lzr"),
-        kill_options(&fs.path, "full.lzr"),
+        options(fs.path(), "full.lzr"),
+        kill_options(fs.path(), "full.lzr"),
     ] {
         let mut stages = Stages::default();
         let err = capture_process(fx.pid() as i32, &opts, &mut stages).unwrap_err();
@@ -103,7 +76,7 @@ fn a_full_disk_leaves_no_image_and_the_process_running() {
         );
         assert!(err.to_string().contains("no space left"), "{err}");
         assert!(
-            files_in(&fs.path).is_empty(),
+            files_in(fs.path()).is_empty(),
             "nothing is left on the full disk"
         );
         assert!(!stages.0.iter().any(|s| s == "Released"));
