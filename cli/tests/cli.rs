@@ -271,10 +271,12 @@ fn capture_from_file_on_a_full_disk_leaves_nothing() {
         let left: Vec<_> = std::fs::read_dir(fs.path()).unwrap().collect();
         assert!(left.is_empty(), "left on the full disk: {left:?}");
     }
-    // The source is untouched, and with room the same capture works.
+    // With room the same capture works; the image (a process's memory, secrets
+    // included) is readable by its owner only.
     let img = dir.path().join("mem.lzr");
     ok(&[&"capture", &"--from-file", &mem, &"-o", &img]);
     ok(&[&"verify", &img]);
+    assert_eq!(std::fs::metadata(&img).unwrap().mode() & 0o777, 0o600);
 }
 
 #[test]
