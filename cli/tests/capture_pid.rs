@@ -95,3 +95,42 @@ fn capture_pid_errors_are_clear() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--parent is not supported"));
     assert!(!Path::new(&img).exists());
 }
+
+#[test]
+fn an_unprivileged_user_may_not_capture_roots_process() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (to run a process as root and lazarus as nobody)");
+        return;
+    }
+    // An output directory nobody may write to, so that only the process is refused.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let img = dir.path().join("x.lzr");
+    let mut fx = Fixture::spawn("counter", ["--mib", "2", "--interval-ms", "20"]).unwrap();
+    fx.wait_ready(T);
+    let n = fx.wait_line(|l| l.is("TICK"), T).u64("n");
+    let pid = fx.pid().to_string();
+    const NOBODY: u32 = 65534;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazarus"))
+        .args(["capture", "--pid", &pid, "-o"])
+        .arg(&img)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run lazarus as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    for part in [
+        &format!("not permitted to capture process {pid}"),
+        "it belongs to uid 0 and we run as uid 65534",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from {err}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // Untouched: not traced, still verifying its memory as it ticks.
+    assert_eq!(tracer_of(fx.pid()), "0");
+    fx.wait_line(|l| l.is("TICK") && l.u64("n") > n + 2, T);
+}

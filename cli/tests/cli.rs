@@ -243,6 +243,43 @@ fn verify_names_a_corrupted_chunk() {
 }
 
 #[test]
+fn capture_from_file_on_a_full_disk_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = fixtures::mount::TempMount::new("tmpfs", "size=8M") else {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    // 24 MiB of incompressible data: the image cannot fit in 8 MiB.
+    let mem = dir.path().join("mem.raw");
+    std::fs::write(&mem, noise(11, 24 << 20)).unwrap();
+    let img = fs.path().join("mem.lzr");
+    for workers in ["0", "2"] {
+        let out = lazarus(&[
+            &"capture",
+            &"--from-file",
+            &mem,
+            &"-o",
+            &img,
+            &"--workers",
+            &workers,
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "not one line: {err}");
+        assert!(err.contains("no space left"), "{err}");
+        assert!(err.contains("mem.lzr"), "names the image: {err}");
+        let left: Vec<_> = std::fs::read_dir(fs.path()).unwrap().collect();
+        assert!(left.is_empty(), "left on the full disk: {left:?}");
+    }
+    // With room the same capture works; the image (a process's memory, secrets
+    // included) is readable by its owner only.
+    let img = dir.path().join("mem.lzr");
+    ok(&[&"capture", &"--from-file", &mem, &"-o", &img]);
+    ok(&[&"verify", &img]);
+    assert_eq!(std::fs::metadata(&img).unwrap().mode() & 0o777, 0o600);
+}
+
+#[test]
 fn inspect_json_parses_and_text_is_complete() {
     let dir = tempfile::tempdir().unwrap();
     let mem = dir.path().join("mem.raw");

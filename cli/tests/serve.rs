@@ -176,3 +176,61 @@ fn serve_refuses_a_socket_another_handler_listens_on() {
     assert!(first.wait_exit(T).success());
     assert!(!socket.exists());
 }
+
+#[test]
+fn serve_refuses_an_image_whose_parent_is_missing_or_changed_before_listening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mem, base) = image(dir.path(), 4);
+    // A child image: a few pages changed, the rest in the parent.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .expect("open the memory file");
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 1 << 20).expect("write");
+    drop(f);
+    let child = dir.path().join("child.lzr");
+    common::ok(&[
+        &"capture",
+        &"--from-file",
+        &mem,
+        &"-o",
+        &child,
+        &"--parent",
+        &base,
+    ]);
+    let socket = dir.path().join("h.sock");
+    let refused = |case: &str| -> String {
+        let log = dir.path().join(format!("{case}.log"));
+        let mut srv = serve(&[&"--image", &child, &"--socket", &socket], &log);
+        let status = srv.wait_exit(T);
+        let err = std::fs::read_to_string(&log).expect("log");
+        assert_eq!(status.code(), Some(1), "{case}: {err}");
+        assert!(!socket.exists(), "{case}: a socket was created");
+        err
+    };
+    // Missing.
+    let kept = dir.path().join("base.kept");
+    std::fs::rename(&base, &kept).expect("move the parent away");
+    let err = refused("missing");
+    assert!(
+        err.contains("parent") && err.contains("guest.lzr"),
+        "missing: {err}"
+    );
+    // Another image under the parent's name (another id).
+    std::fs::write(&mem, b"another memory file").expect("write");
+    common::ok(&[&"capture", &"--from-file", &mem, &"-o", &base]);
+    let err = refused("changed");
+    assert!(
+        err.contains("parent") && err.contains("guest.lzr"),
+        "changed: {err}"
+    );
+    // The parent back in place: served.
+    std::fs::rename(&kept, &base).expect("put the parent back");
+    let log = dir.path().join("ok.log");
+    let mut srv = serve(&[&"--image", &child, &"--socket", &socket], &log);
+    LogTail::new(&log)
+        .watch_pid(srv.pid())
+        .wait_line(|l| l.raw().contains("listening on"), T);
+    signal(srv.pid(), rustix::process::Signal::TERM);
+    assert!(srv.wait_exit(T).success());
+}

@@ -563,3 +563,151 @@ fn hugetlbfs_guest_memory_is_served_in_whole_2m_pages() {
         assert_eq!(end.stats.bytes.zeroed % (2 << 20), 0, "{backing}");
     }
 }
+
+/// Concurrent clients of the soak.
+const SOAK_CLIENTS: usize = 8;
+/// How long the soak runs: [`SOAK_SHORT`] in the normal suite, [`SOAK_FULL`] with
+/// `LAZARUS_SOAK=1`.
+const SOAK_SHORT: Duration = Duration::from_secs(15);
+/// See [`SOAK_SHORT`].
+const SOAK_FULL: Duration = Duration::from_secs(300);
+/// One client in this many is killed mid-population instead of running to its end.
+const SOAK_QUIT_ONE_IN: u64 = 5;
+
+/// How a soak client ended.
+enum Outcome {
+    /// Every byte checked, exit status 0.
+    Checked(u32),
+    /// Killed after its first fault was served.
+    Killed(u32),
+}
+
+/// Samples this process's fds and threads until they equal `want`; panics after [`T`].
+fn settle(want: (usize, usize)) {
+    let deadline = Instant::now() + T;
+    loop {
+        let now = (support::image::open_fds(), support::image::threads());
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fds/threads {now:?}, expected {want:?} after every connection ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn soak_eight_vmms_at_a_time_with_random_access_and_balloons() {
+    let full = std::env::var_os("LAZARUS_SOAK").is_some_and(|v| v == "1");
+    let length = if full { SOAK_FULL } else { SOAK_SHORT };
+    let s = setup(16, 21);
+    let h = start(&s, options(1));
+    let events = h.events();
+    let before = (support::image::open_fds(), support::image::threads());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let deadline = Instant::now() + length;
+    let started = Instant::now();
+    // Each worker thread keeps one client running until the deadline: a client maps
+    // 16 MiB of guest memory, balloons windows before and after 2 threads visit every
+    // page in random orders, and checks every byte; one in five is killed as soon as
+    // its first fault was served (a disconnect mid-population).
+    let workers: Vec<_> = (0..SOAK_CLIENTS as u64)
+        .map(|w| {
+            let (socket, memfile, tx) = (s.socket.clone(), s.memfile.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let mut round = 0u64;
+                while Instant::now() < deadline {
+                    let seed = w * 1_000_000 + round;
+                    let quit = round % SOAK_QUIT_ONE_IN == w % SOAK_QUIT_ONE_IN;
+                    let mut args = vec![
+                        "--socket".to_owned(),
+                        socket.to_str().expect("utf-8").to_owned(),
+                        "--memfile".to_owned(),
+                        memfile.to_str().expect("utf-8").to_owned(),
+                        "--threads".to_owned(),
+                        "2".to_owned(),
+                        "--balloon-every".to_owned(),
+                        "4".to_owned(),
+                        "--seed".to_owned(),
+                        seed.to_string(),
+                    ];
+                    if quit {
+                        args.push("--hold".to_owned());
+                    }
+                    let mut fx = Fixture::spawn("vmm", args).expect("spawn vmm");
+                    if quit {
+                        fx.wait_tag("FIRST", T);
+                        fx.kill().expect("kill the VMM");
+                        tx.send(Outcome::Killed(fx.pid())).expect("report");
+                    } else {
+                        expect_checked(&mut fx);
+                        tx.send(Outcome::Checked(fx.pid())).expect("report");
+                    }
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    // Meanwhile, every connection's end: none left a fault unserved.
+    let mut ended = std::collections::HashMap::new();
+    let mut outcomes = Vec::new();
+    let mut workers_done = false;
+    while !workers_done || ended.len() < outcomes.len() {
+        assert!(
+            Instant::now() < deadline + T,
+            "{} clients ended, {} connections ended",
+            outcomes.len(),
+            ended.len()
+        );
+        match rx.recv_timeout(Duration::from_millis(10)) {
+            Ok(o) => outcomes.push(o),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => workers_done = true,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+        }
+        while let Ok(e) = events.try_recv() {
+            if let ConnectionEvent::Ended(st) = e {
+                assert_eq!(st.ended, Some(EndReason::Exited), "{st:?}");
+                assert_eq!(st.stats.faults.unserved, 0, "{st:?}");
+                ended.insert(st.info.pid.expect("a local client's pid"), st.stats.clone());
+            }
+        }
+    }
+    for w in workers {
+        w.join().expect("a soak client failed (see above)");
+    }
+    let (mut checked, mut killed, mut faults, mut removes) = (0, 0, 0, 0);
+    for o in &outcomes {
+        let pid = match o {
+            Outcome::Checked(pid) => {
+                checked += 1;
+                pid
+            }
+            Outcome::Killed(pid) => {
+                killed += 1;
+                pid
+            }
+        };
+        let st = &ended[pid];
+        faults += st.faults.total;
+        removes += st.events.remove;
+    }
+    let stats = h.stats();
+    assert_eq!(stats.connections.served, outcomes.len() as u64);
+    assert_eq!(stats.connections.rejected, 0);
+    assert_eq!(stats.connections.live, 0);
+    assert_eq!(stats.connections.events_dropped, 0);
+    assert!(removes > 0, "no balloon event reached the handler");
+    // Every connection's resources (its userfaultfd, its space's threads) are gone.
+    settle(before);
+    eprintln!(
+        "serve soak: {} clients ({checked} checked to the last byte, {killed} killed \
+         mid-population), {SOAK_CLIENTS} at a time for {:.0} s: {faults} faults, {removes} \
+         REMOVE events",
+        outcomes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    h.shutdown().expect("shutdown");
+}

@@ -10,7 +10,7 @@ use crate::support::{
 
 /// The checksum of a `counter`-style buffer of `mib` MiB (seed 1, 1 write per tick)
 /// after `n` ticks.
-fn model(mib: usize, n: u64) -> u64 {
+pub(crate) fn model(mib: usize, n: u64) -> u64 {
     let mut buf = CheckedBuffer::new("model", mib << 20, pattern::key(1, Stream::Counter, 0))
         .expect("model buffer");
     for _ in 0..n {

@@ -1,6 +1,7 @@
 //! File-backed and shared memory: private file mappings (copied-on-write pages
 //! written back), shared file mappings, memfds and shared anonymous memory; and the
-//! refusal of a mapped file changed since the capture.
+//! refusal of a mapped file changed since the capture, or replaced by another file
+//! that looks the same (size, modification time, bytes).
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -8,8 +9,8 @@ use std::path::Path;
 use restore_agent::process::ProcessRestoreError;
 
 use crate::support::{
-    Alone, Captured, T, assert_memory_matches, capture_fixture, options, restore, restore_result,
-    signal, tail,
+    Alone, Captured, T, assert_memory_matches, capture_fixture, children, options, restore,
+    restore_result, signal, tail,
 };
 
 fn capture_filemap() -> Captured {
@@ -94,17 +95,32 @@ fn a_changed_mapped_file_is_refused_before_anything_starts() {
     assert!(!Path::new(&format!("/proc/{}", c.pid)).exists());
 }
 
-/// This process's children (over all its threads).
-fn children() -> Vec<String> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task")
-        .expect("tasks")
-        .flatten()
-    {
-        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(list.split_whitespace().map(str::to_owned));
+#[test]
+fn a_mapped_file_replaced_by_an_identical_looking_one_is_refused() {
+    let c = capture_filemap();
+    let ready = c.lines[0].clone();
+    // Same bytes, same size, same modification time, another inode: renamed over the
+    // captured path, as an attacker (or a package upgrade) would swap it.
+    let private = Path::new(ready.str("private_path")).to_owned();
+    let mtime = std::fs::metadata(&private)
+        .and_then(|m| m.modified())
+        .expect("stat the private file");
+    let twin = private.with_extension("twin");
+    std::fs::copy(&private, &twin).expect("copy");
+    std::fs::File::options()
+        .write(true)
+        .open(&twin)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("set the twin's modification time");
+    std::fs::rename(&twin, &private).expect("rename over the captured file");
+    let children_before = children();
+    match restore_result(&c, options(&c)) {
+        Err(ProcessRestoreError::FileChanged { path, change, .. }) => {
+            assert_eq!(path, private);
+            assert!(change.contains("another file now"), "{change}");
         }
+        other => panic!("expected FileChanged, got {other:?}"),
     }
-    out.sort();
-    out
+    assert_eq!(children(), children_before);
+    assert!(!Path::new(&format!("/proc/{}", c.pid)).exists());
 }

@@ -9,5 +9,6 @@ mod events;
 mod files;
 mod pids;
 mod python;
+mod soak;
 mod support;
 mod threads;

@@ -314,3 +314,18 @@ pub(crate) fn assert_memory_matches(pid: i32, image: &Image) -> u64 {
     }
     compared
 }
+
+/// This process's children (over all its threads).
+pub(crate) fn children() -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+    {
+        if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(list.split_whitespace().map(str::to_owned));
+        }
+    }
+    out.sort();
+    out
+}

@@ -28,11 +28,30 @@ use crate::util::size::{Range, human};
 /// Bytes read per `pread`.
 const BLOCK: usize = 4 << 20;
 
-pub(super) fn capture(
-    mem: &Path,
-    args: &CaptureArgs,
-    mut opts: WriterOptions,
-) -> Result<WriteSummary> {
+pub(super) fn capture(mem: &Path, args: &CaptureArgs, opts: WriterOptions) -> Result<WriteSummary> {
+    write_image(mem, args, opts).map_err(|e| full_disk(e, &args.output))
+}
+
+/// A full file system (`ENOSPC`, `EDQUOT`) anywhere in `e`'s chain becomes one clear
+/// line naming the image. The writer has already removed its temporary file, so
+/// nothing is left.
+fn full_disk(e: anyhow::Error, output: &Path) -> anyhow::Error {
+    let full = [rustix::io::Errno::NOSPC, rustix::io::Errno::DQUOT].map(|e| e.raw_os_error());
+    let is_full = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(|io| io.raw_os_error().is_some_and(|n| full.contains(&n)));
+    if is_full {
+        anyhow::anyhow!(
+            "no space left for the image {}: nothing was written",
+            output.display()
+        )
+    } else {
+        e
+    }
+}
+
+fn write_image(mem: &Path, args: &CaptureArgs, mut opts: WriterOptions) -> Result<WriteSummary> {
     let page = u64::from(opts.page_size);
     let file = File::open(mem).with_context(|| format!("cannot open {}", mem.display()))?;
     let meta = file
