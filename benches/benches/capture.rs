@@ -10,7 +10,9 @@
 use lazarus_bench::capture::{CaptureBenchConfig, run};
 
 fn main() {
-    lazarus_bench::harness::main(CaptureBenchConfig::from_env, CaptureBenchConfig::shrink, |c| {
-        run(c).map(|r| r.report())
-    });
+    lazarus_bench::harness::main(
+        CaptureBenchConfig::from_env,
+        CaptureBenchConfig::shrink,
+        |c| run(c).map(|r| r.report()),
+    );
 }

@@ -11,7 +11,9 @@
 use lazarus_bench::restore::{RestoreBenchConfig, run};
 
 fn main() {
-    lazarus_bench::harness::main(RestoreBenchConfig::from_env, RestoreBenchConfig::shrink, |c| {
-        run(c).map(|r| r.report())
-    });
+    lazarus_bench::harness::main(
+        RestoreBenchConfig::from_env,
+        RestoreBenchConfig::shrink,
+        |c| run(c).map(|r| r.report()),
+    );
 }

@@ -30,12 +30,21 @@ fn check_figure(v: &Value, what: &str) {
         return;
     }
     let (med, min, max) = (
-        v["median"].as_f64().unwrap_or_else(|| panic!("{what}: median in {v}")),
-        v["min"].as_f64().unwrap_or_else(|| panic!("{what}: min in {v}")),
-        v["max"].as_f64().unwrap_or_else(|| panic!("{what}: max in {v}")),
+        v["median"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: median in {v}")),
+        v["min"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: min in {v}")),
+        v["max"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{what}: max in {v}")),
     );
     assert!(min <= med && med <= max, "{what}: {v}");
-    assert!(v.get("vs_reference").is_some(), "{what}: no vs_reference in {v}");
+    assert!(
+        v.get("vs_reference").is_some(),
+        "{what}: no vs_reference in {v}"
+    );
 }
 
 #[test]
@@ -56,7 +65,10 @@ fn quick_run_writes_every_result() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(json["schema_version"], 1);
     for key in ["kernel", "cpu_model"] {
-        assert!(json["machine"][key].as_str().is_some_and(|s| !s.is_empty()), "machine.{key}");
+        assert!(
+            json["machine"][key].as_str().is_some_and(|s| !s.is_empty()),
+            "machine.{key}"
+        );
     }
     assert!(json["machine"]["cores"].as_u64().unwrap() >= 1);
     assert!(json["machine"]["memory_bytes"].as_u64().unwrap() > 0);
@@ -65,14 +77,26 @@ fn quick_run_writes_every_result() {
     assert_eq!(json["config"]["reference"], "lazy-prefetch");
 
     let workloads = json["workloads"].as_array().unwrap();
-    let names: Vec<&str> = workloads.iter().map(|w| w["workload"].as_str().unwrap()).collect();
+    let names: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["workload"].as_str().unwrap())
+        .collect();
     assert_eq!(names, WORKLOADS);
     for w in workloads {
         let wn = w["workload"].as_str().unwrap();
-        assert!(w["capture"]["image_bytes"].as_u64().unwrap() > 0, "{wn}: image size");
-        assert!(w["capture"]["time_ms"].as_f64().is_some(), "{wn}: capture time");
+        assert!(
+            w["capture"]["image_bytes"].as_u64().unwrap() > 0,
+            "{wn}: image size"
+        );
+        assert!(
+            w["capture"]["time_ms"].as_f64().is_some(),
+            "{wn}: capture time"
+        );
         let results = w["results"].as_array().unwrap();
-        let strategies: Vec<&str> = results.iter().map(|r| r["strategy"].as_str().unwrap()).collect();
+        let strategies: Vec<&str> = results
+            .iter()
+            .map(|r| r["strategy"].as_str().unwrap())
+            .collect();
         assert_eq!(strategies, STRATEGIES, "{wn}");
         for r in results {
             let what = format!("{wn} / {}", r["strategy"]);
@@ -101,7 +125,10 @@ fn quick_run_writes_every_result() {
                 let l = &run[lat];
                 if !l.is_null() {
                     assert!(l["kind"].as_str().is_some(), "{what}: {lat}.kind");
-                    assert!(!l["cdf"].as_array().unwrap().is_empty(), "{what}: {lat}.cdf");
+                    assert!(
+                        !l["cdf"].as_array().unwrap().is_empty(),
+                        "{what}: {lat}.cdf"
+                    );
                 }
             }
             assert!(run["rss"].as_array().is_some(), "{what}: rss");
@@ -112,8 +139,16 @@ fn quick_run_writes_every_result() {
                 .iter()
                 .filter(|r| r["method"] == "process restore" && r["status"] == "ok")
             {
-                assert!(!r["first_answer_ms"].is_null(), "kvserver / {}", r["strategy"]);
-                assert!(!r["runs"][0]["answer_latency"].is_null(), "kvserver / {}", r["strategy"]);
+                assert!(
+                    !r["first_answer_ms"].is_null(),
+                    "kvserver / {}",
+                    r["strategy"]
+                );
+                assert!(
+                    !r["runs"][0]["answer_latency"].is_null(),
+                    "kvserver / {}",
+                    r["strategy"]
+                );
             }
         }
     }
@@ -159,6 +194,9 @@ fn bad_options_are_refused() {
         all.push(&out_dir);
         let out = common::lazarus(&all);
         assert!(!out.status.success(), "{args:?} accepted");
-        assert!(!String::from_utf8_lossy(&out.stderr).is_empty(), "{args:?}: no message");
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).is_empty(),
+            "{args:?}: no message"
+        );
     }
 }

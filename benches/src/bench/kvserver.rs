@@ -36,7 +36,10 @@ use super::memhog::{agent_run, fresh_ws_copy, restore_args};
 use super::replay::{Answer, Pattern, Source, file_word_sum, replay};
 use super::results::{Latency, Run};
 use super::sample::RssSampler;
-use super::{BenchOptions, CacheState, LIMIT, Outcome, Prepared, Strategy, Workload, extract_raw, ms_since, work_dir};
+use super::{
+    BenchOptions, CacheState, LIMIT, Outcome, Prepared, Strategy, Workload, extract_raw, ms_since,
+    work_dir,
+};
 use crate::restore::{LiveRestore, remove_if_present};
 
 const PAGE: u64 = 4096;
@@ -189,11 +192,17 @@ impl Kvserver {
         for (i, &key) in self.requests.iter().enumerate() {
             let line = lines.next(&mut answers, live.pid, LIMIT)?;
             if !line.is("ANS") || line.get("key") != Some(key.to_string().as_str()) {
-                return Err(format!("answer {i}: expected ANS key={key}, got {}", line.raw()));
+                return Err(format!(
+                    "answer {i}: expected ANS key={key}, got {}",
+                    line.raw()
+                ));
             }
             let val = line.try_hex("val").map_err(|e| e.to_string())?;
             if val != fixtures::kv::value_of(self.seed, key) {
-                return Err(format!("answer {i}: wrong value for key {key}: {}", line.raw()));
+                return Err(format!(
+                    "answer {i}: wrong value for key {key}: {}",
+                    line.raw()
+                ));
             }
             first.get_or_insert_with(|| live.elapsed_ms());
             hist.saturating_record(line.try_u64("ns").map_err(|e| e.to_string())?);
@@ -212,7 +221,13 @@ impl Kvserver {
         }
         let latency = Latency::from_histogram("answer", &hist)
             .ok_or_else(|| "no answer latency".to_owned())?;
-        Ok(agent_run(running_ms, first, Some((answered, latency)), end, rss))
+        Ok(agent_run(
+            running_ms,
+            first,
+            Some((answered, latency)),
+            &end,
+            rss,
+        ))
     }
 }
 
@@ -245,7 +260,13 @@ impl LineReader {
                 ));
             }
             let mut fds = [PollFd::new(&*f, PollFlags::IN)];
-            match poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 100_000_000 })) {
+            match poll(
+                &mut fds,
+                Some(&rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 100_000_000,
+                }),
+            ) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => return Err(format!("poll: {e}")),
             }
@@ -280,7 +301,7 @@ impl Prepared for Kvserver {
             }
             return self
                 .restore(&args, strategy == Strategy::Lazy)
-                .map(Outcome::Ran);
+                .map(|r| Outcome::Ran(Box::new(r)));
         }
         let pattern = self
             .pattern
@@ -294,7 +315,7 @@ impl Prepared for Kvserver {
             Answer::NotApplicable,
             self.opts.rss_interval,
         )
-        .map(Outcome::Ran)
+        .map(|r| Outcome::Ran(Box::new(r)))
     }
 
     fn describe(&self) -> String {

@@ -16,10 +16,14 @@ use std::time::Instant;
 
 use fixtures::Fixture;
 use fixtures::pattern::{self, PageKind};
-use restore_agent::{FaultPolicy, Placement, RestoreOptions, ServerOptions, WorkingSetOptions, restore_into};
+use restore_agent::{
+    FaultPolicy, Placement, RestoreOptions, ServerOptions, WorkingSetOptions, restore_into,
+};
 
 use super::replay::{Answer, Pattern, Source, replay};
-use super::{BenchOptions, CacheState, LIMIT, Outcome, Prepared, Strategy, Workload, ms_since, work_dir};
+use super::{
+    BenchOptions, CacheState, LIMIT, Outcome, Prepared, Strategy, Workload, ms_since, work_dir,
+};
 use crate::agent::{self, Bench, Config};
 use crate::mem::touch;
 
@@ -59,10 +63,18 @@ pub(crate) fn prepare(opts: &BenchOptions, mib: u64) -> Result<Memfile, String> 
     let seed_arg = SEED.to_string();
     let mut fx = Fixture::spawn(
         "memfile",
-        ["--out", raw_arg.as_str(), "--mib", mib_arg.as_str(), "--seed", seed_arg.as_str()],
+        [
+            "--out",
+            raw_arg.as_str(),
+            "--mib",
+            mib_arg.as_str(),
+            "--seed",
+            seed_arg.as_str(),
+        ],
     )
     .map_err(|e| format!("start memfile: {e}"))?;
-    fx.try_wait_exit(LIMIT).map_err(|e| format!("memfile: {e}"))?;
+    fx.try_wait_exit(LIMIT)
+        .map_err(|e| format!("memfile: {e}"))?;
     let len = mib << 20;
     let mut hot: Vec<u64> = (0..len / CHUNK)
         .filter(|c| pattern::mix64(SEED ^ c).is_multiple_of(HOT_ONE_IN))
@@ -157,7 +169,7 @@ impl Prepared for Memfile {
             Answer::FirstPage,
             self.opts.rss_interval,
         )
-        .map(Outcome::Ran)
+        .map(|r| Outcome::Ran(Box::new(r)))
     }
 
     fn describe(&self) -> String {

@@ -96,7 +96,7 @@ impl Memhog {
         if !lazy && end.all_in_ms.is_none() {
             return Err("the restore ended before every page was in".into());
         }
-        Ok(agent_run(running_ms, Some(checked), None, end, rss))
+        Ok(agent_run(running_ms, Some(checked), None, &end, rss))
     }
 }
 
@@ -105,7 +105,7 @@ pub(crate) fn agent_run(
     running_ms: f64,
     first_answer_ms: Option<f64>,
     answers: Option<(f64, Latency)>,
-    end: rb::RestoreEnd,
+    end: &rb::RestoreEnd,
     rss: Vec<[f64; 2]>,
 ) -> Run {
     let s = &end.stats;
@@ -145,7 +145,10 @@ pub(crate) fn restore_args(s: Strategy, ws_copy: &std::path::Path) -> Option<Vec
 /// Copies the recorded working set to `copy` for one run (a run rewrites the
 /// file it loads with its own, smaller, order: every run must start from the
 /// recording).
-pub(crate) fn fresh_ws_copy(recorded: &std::path::Path, copy: &std::path::Path) -> Result<(), String> {
+pub(crate) fn fresh_ws_copy(
+    recorded: &std::path::Path,
+    copy: &std::path::Path,
+) -> Result<(), String> {
     std::fs::copy(recorded, copy)
         .map(|_| ())
         .map_err(|e| format!("copy the working set {}: {e}", recorded.display()))
@@ -168,7 +171,7 @@ impl Prepared for Memhog {
             }
             return self
                 .restore(&args, strategy == Strategy::Lazy)
-                .map(Outcome::Ran);
+                .map(|r| Outcome::Ran(Box::new(r)));
         }
         replay(
             strategy,
@@ -178,7 +181,7 @@ impl Prepared for Memhog {
             Answer::WholeRead,
             self.opts.rss_interval,
         )
-        .map(Outcome::Ran)
+        .map(|r| Outcome::Ran(Box::new(r)))
     }
 
     fn describe(&self) -> String {

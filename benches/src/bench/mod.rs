@@ -303,7 +303,10 @@ impl BenchOptions {
             return bad(format!("--mib {m}: between 1 and {MAX_MIB}"));
         }
         if !(1..=MAX_REPEAT).contains(&self.repeat) {
-            return bad(format!("--repeat {}: between 1 and {MAX_REPEAT}", self.repeat));
+            return bad(format!(
+                "--repeat {}: between 1 and {MAX_REPEAT}",
+                self.repeat
+            ));
         }
         if !(1..=MAX_ANSWERS).contains(&self.answers) {
             return bad(format!(
@@ -345,7 +348,7 @@ pub enum BenchError {
 /// What one strategy's run gives back to the driver.
 pub(crate) enum Outcome {
     /// Measured.
-    Ran(Run),
+    Ran(Box<Run>),
     /// Not measured, with the reason (e.g. CRIU unusable, cold cache without
     /// root).
     Skipped(String),
@@ -393,16 +396,19 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults, BenchError> {
         progress.step(&format!("{}: prepare ({mib} MiB)", w.name()));
         let mut prepared: Box<dyn Prepared> = match w {
             Workload::Memhog => Box::new(memhog::prepare(opts, mib).map_err(fail("prepare"))?),
-            Workload::Kvserver => {
-                Box::new(kvserver::prepare(opts, mib).map_err(fail("prepare"))?)
-            }
+            Workload::Kvserver => Box::new(kvserver::prepare(opts, mib).map_err(fail("prepare"))?),
             Workload::Memfile => Box::new(memfile::prepare(opts, mib).map_err(fail("prepare"))?),
         };
         let mut runs: Vec<(Strategy, CacheState, Outcome)> = Vec::new();
         for _ in 0..opts.repeats() {
             for &cache in states {
                 for &s in &opts.strategies {
-                    progress.step(&format!("{}: {} ({} cache)", w.name(), s.name(), cache.name()));
+                    progress.step(&format!(
+                        "{}: {} ({} cache)",
+                        w.name(),
+                        s.name(),
+                        cache.name()
+                    ));
                     let outcome = if s == Strategy::Criu {
                         let reason = match (&criu, w) {
                             (_, Workload::Memfile) => {
@@ -432,7 +438,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchResults, BenchError> {
             capture_ms,
             image_bytes,
             opts,
-            runs,
+            &runs,
         ));
         drop(prepared);
     }
@@ -504,11 +510,18 @@ pub(crate) fn criu_status() -> Result<PathBuf, String> {
         .collect::<Vec<_>>()
         .join("; ");
     if why.len() > MAX_REASON {
-        let cut = (0..=MAX_REASON).rev().find(|&i| why.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=MAX_REASON)
+            .rev()
+            .find(|&i| why.is_char_boundary(i))
+            .unwrap_or(0);
         why.truncate(cut);
         why.push('…');
     }
-    Err(format!("`{} check` failed ({}): {why}", criu.display(), out.status))
+    Err(format!(
+        "`{} check` failed ({}): {why}",
+        criu.display(),
+        out.status
+    ))
 }
 
 /// Wall-clock milliseconds since `t0`.

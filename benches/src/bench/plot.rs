@@ -17,6 +17,9 @@ use super::{BenchError, CacheState};
 
 const SIZE: (u32, u32) = (900, 540);
 
+/// One curve: its label, its color index, its points.
+type Series = (String, usize, Vec<(f64, f64)>);
+
 /// The palette (one color per strategy, in report order).
 const COLORS: [RGBColor; 7] = [
     RGBColor(31, 119, 180),
@@ -32,7 +35,7 @@ const COLORS: [RGBColor; 7] = [
 pub(crate) fn write_all(results: &BenchResults, out: &Path) -> Result<(), BenchError> {
     for w in &results.workloads {
         let name = w.workload_name();
-        let series = |f: fn(&Run) -> Option<&Latency>| -> Vec<(String, usize, Vec<(f64, f64)>)> {
+        let series = |f: fn(&Run) -> Option<&Latency>| -> Vec<Series> {
             shown(w)
                 .filter_map(|(i, r)| {
                     let l = r.runs.last().and_then(f)?;
@@ -57,7 +60,7 @@ pub(crate) fn write_all(results: &BenchResults, out: &Path) -> Result<(), BenchE
                 &answers,
             )?;
         }
-        let rss: Vec<(String, usize, Vec<(f64, f64)>)> = shown(w)
+        let rss: Vec<Series> = shown(w)
             .filter_map(|(i, r)| {
                 let run = r.runs.last()?;
                 Some((
@@ -102,7 +105,7 @@ fn draw_err(path: &Path) -> impl Fn(String) -> BenchError + '_ {
 }
 
 /// A CDF plot: x log µs, y fraction.
-fn cdf(path: &Path, title: &str, series: &[(String, usize, Vec<(f64, f64)>)]) -> Result<(), BenchError> {
+fn cdf(path: &Path, title: &str, series: &[Series]) -> Result<(), BenchError> {
     let err = draw_err(path);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
@@ -134,7 +137,9 @@ fn cdf(path: &Path, title: &str, series: &[(String, usize, Vec<(f64, f64)>)]) ->
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -147,7 +152,7 @@ fn cdf(path: &Path, title: &str, series: &[(String, usize, Vec<(f64, f64)>)]) ->
 }
 
 /// A line plot: x ms, y MiB.
-fn lines(path: &Path, title: &str, series: &[(String, usize, Vec<(f64, f64)>)]) -> Result<(), BenchError> {
+fn lines(path: &Path, title: &str, series: &[Series]) -> Result<(), BenchError> {
     let err = draw_err(path);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
@@ -178,7 +183,9 @@ fn lines(path: &Path, title: &str, series: &[(String, usize, Vec<(f64, f64)>)]) 
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

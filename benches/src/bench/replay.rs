@@ -66,7 +66,7 @@ pub(crate) enum Source<'a> {
 enum Memory {
     Mapped(fixtures::sys::Mapping),
     Uffd(fixtures::sys::Mapping, InProcess),
-    Lazarus(RestoreHandle),
+    Lazarus(Box<RestoreHandle>),
 }
 
 /// What counts as the workload's first correct answer in a replay.
@@ -114,7 +114,7 @@ pub(crate) fn replay(
             if eager && !h.wait_populated(LIMIT) {
                 return Err(format!("not populated within {LIMIT:?}"));
             }
-            Memory::Lazarus(h)
+            Memory::Lazarus(Box::new(h))
         }
         (s, Source::Raw(_)) => return Err(format!("{} does not replay a raw file", s.name())),
     };

@@ -35,7 +35,10 @@ pub(crate) const QUANTILES: [f64; 16] = restore_agent::stats::LATENCY_QUANTILES;
 
 impl Latency {
     /// From an hdrhistogram of nanoseconds; `None` if it is empty.
-    pub(crate) fn from_histogram(kind: &'static str, h: &hdrhistogram::Histogram<u64>) -> Option<Latency> {
+    pub(crate) fn from_histogram(
+        kind: &'static str,
+        h: &hdrhistogram::Histogram<u64>,
+    ) -> Option<Latency> {
         if h.is_empty() {
             return None;
         }
@@ -263,19 +266,19 @@ pub(crate) fn summarize(
     capture_ms: f64,
     image_bytes: u64,
     opts: &BenchOptions,
-    runs: Vec<(Strategy, CacheState, Outcome)>,
+    runs: &[(Strategy, CacheState, Outcome)],
 ) -> WorkloadResult {
     let mut results = Vec::new();
     for &cache in opts.cache.states() {
         for &strategy in &opts.strategies {
             let mut ok = Vec::new();
             let mut reason = None;
-            for (s, c, o) in &runs {
+            for (s, c, o) in runs {
                 if (*s, *c) != (strategy, cache) {
                     continue;
                 }
                 match o {
-                    Outcome::Ran(r) => ok.push(r.clone()),
+                    Outcome::Ran(r) => ok.push((**r).clone()),
                     Outcome::Skipped(why) => reason = Some(why.clone()),
                 }
             }
@@ -439,7 +442,10 @@ pub fn markdown(results: &BenchResults) -> String {
                 .collect::<Vec<_>>();
             let lat = Spread::of(lat.iter().map(|l| l.0))
                 .zip(Spread::of(lat.iter().map(|l| l.1)))
-                .map_or_else(|| "—".into(), |(a, b)| format!("{:.1} / {:.1}", a.median, b.median));
+                .map_or_else(
+                    || "—".into(),
+                    |(a, b)| format!("{:.1} / {:.1}", a.median, b.median),
+                );
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} | {:.0} | {:.1} | {lat} |",

@@ -240,7 +240,14 @@ impl InProcess {
             .spawn(move || {
                 let mut h = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)
                     .expect("static histogram bounds are valid");
-                serve_faults(&uffd, &regions, memory.bytes(), &stop_rx, None, Some(&mut h))?;
+                serve_faults(
+                    &uffd,
+                    &regions,
+                    memory.bytes(),
+                    &stop_rx,
+                    None,
+                    Some(&mut h),
+                )?;
                 Ok(h)
             })?;
         Ok(Self {

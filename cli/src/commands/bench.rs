@@ -65,12 +65,13 @@ pub(crate) struct BenchArgs {
 pub(crate) fn run_bench(args: &BenchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the lazarus binary")?;
     let mut opts = BenchOptions::new(&args.out, exe);
-    opts.workloads = match args.workload.as_str() {
-        "all" => Workload::ALL.to_vec(),
-        w => vec![Workload::parse(w).with_context(|| {
-            format!("unknown workload {w:?} (memhog, kvserver, memfile, all)")
-        })?],
-    };
+    opts.workloads =
+        match args.workload.as_str() {
+            "all" => Workload::ALL.to_vec(),
+            w => vec![Workload::parse(w).with_context(|| {
+                format!("unknown workload {w:?} (memhog, kvserver, memfile, all)")
+            })?],
+        };
     if !args.strategies.is_empty() {
         opts.strategies = args
             .strategies
