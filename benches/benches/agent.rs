@@ -4,11 +4,12 @@
 //! (`LAZARUS_BENCH_MIB=64 LAZARUS_BENCH_REPEAT=1` for a quick run)
 //!
 //! Under `cargo test` / `cargo nextest` (no `--bench` argument) it runs as
-//! one small smoke test, `agent_smoke` (16 MiB, once): see
-//! `lazarus_bench::harness`.
+//! one small smoke test, `smoke` (16 MiB, once): see `lazarus_bench::harness`.
+
+use lazarus_bench::agent::{Config, run};
 
 fn main() {
-    lazarus_bench::harness::main("agent_smoke", |cfg| {
-        lazarus_bench::agent::run(cfg).map(|r| r.table())
+    lazarus_bench::harness::main(Config::from_env, Config::shrink, |cfg| {
+        run(cfg).map(|r| r.table())
     });
 }

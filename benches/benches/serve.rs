@@ -8,11 +8,14 @@
 //! `cargo build --release -p fixtures`)
 //!
 //! Under `cargo test` / `cargo nextest` (no `--bench` argument) it runs as
-//! one small smoke test, `serve_smoke` (16 MiB, once): see
-//! `lazarus_bench::harness`.
+//! one small smoke test, `smoke` (16 MiB, once): see `lazarus_bench::harness`.
+
+use lazarus_bench::agent::Config;
 
 fn main() {
-    lazarus_bench::harness::main("serve_smoke", |cfg| {
-        lazarus_bench::serve::run(cfg).map(|r| r.table())
-    });
+    lazarus_bench::harness::main(
+        || Config::from_env().map_err(lazarus_bench::serve::ServeBenchError::from),
+        Config::shrink,
+        |cfg| lazarus_bench::serve::run(cfg).map(|r| r.table()),
+    );
 }

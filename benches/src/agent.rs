@@ -90,6 +90,12 @@ impl Config {
             dir: None,
         })
     }
+
+    /// The smoke-test size: 16 MiB, once.
+    pub fn shrink(&mut self) {
+        self.mib = self.mib.min(16);
+        self.repeats = 1;
+    }
 }
 
 /// The suite failed.

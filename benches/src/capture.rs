@@ -96,6 +96,12 @@ impl CaptureBenchConfig {
             compression,
         })
     }
+
+    /// The smoke-test size: 16 MiB, one run.
+    pub fn shrink(&mut self) {
+        self.mib = 16;
+        self.runs = 1;
+    }
 }
 
 /// Why the benchmark could not run.

@@ -10,13 +10,20 @@
 //! - [`serve`]: `lazarus serve` as a VMM's page-fault handler against the
 //!   example handlers' strategy (`cargo bench -p lazarus-bench --bench
 //!   serve`; `LAZARUS_BENCH_MIB`, `LAZARUS_BENCH_REPEAT`).
+//! - [`bench`]: `lazarus bench`, every strategy side by side on the
+//!   memhog, kvserver and memfile workloads, with JSON, markdown and SVG
+//!   output (docs/BENCH.md). It drives the per-run functions of
+//!   [`restore`] and [`agent`] and the baseline handler of [`serve`].
+//! - [`stats`]: median / min / max over repeats, ratios.
 //! - [`restore`]: `lazarus restore` of a captured memhog process, lazy, lazy with
 //!   prefetch and eager, beside CRIU's figures (`cargo bench -p lazarus-bench
 //!   --bench restore`).
 
 pub mod agent;
+pub mod bench;
 pub mod capture;
 pub mod harness;
 mod mem;
 pub mod restore;
 pub mod serve;
+pub mod stats;

@@ -126,6 +126,12 @@ impl RestoreBenchConfig {
             lazarus,
         })
     }
+
+    /// The smoke-test size: 32 MiB, one run.
+    pub fn shrink(&mut self) {
+        self.mib = 32;
+        self.runs = 1;
+    }
 }
 
 /// A restore strategy.
@@ -172,6 +178,12 @@ impl Mode {
 pub struct BenchImage {
     dir: tempfile::TempDir,
     path: PathBuf,
+    /// Time the capture took, ms.
+    pub capture_ms: f64,
+    /// Where memhog's buffer was.
+    pub buf: u64,
+    /// Its length, bytes.
+    pub buf_len: u64,
     /// The image file's size, bytes.
     pub image_bytes: u64,
     /// Data pages of memhog's buffer.
@@ -184,6 +196,11 @@ impl BenchImage {
     /// The image file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The temporary directory holding the image (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 
@@ -210,35 +227,7 @@ pub struct RestoreRun {
     pub faults: u64,
 }
 
-/// Median, minimum and maximum of one figure over the runs of one mode.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Spread {
-    /// The median (of an even count: the upper middle value).
-    pub median: f64,
-    /// The smallest value.
-    pub min: f64,
-    /// The largest value.
-    pub max: f64,
-}
-
-impl Spread {
-    /// The spread of `values`; `None` if there are none.
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
-        let mut v: Vec<f64> = values.into_iter().collect();
-        v.sort_by(f64::total_cmp);
-        Some(Spread {
-            median: *v.get(v.len() / 2)?,
-            min: *v.first()?,
-            max: *v.last()?,
-        })
-    }
-}
-
-impl std::fmt::Display for Spread {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.1} ({:.1}–{:.1})", self.median, self.min, self.max)
-    }
-}
+pub use crate::stats::Spread;
 
 /// The figures of one mode over all its runs.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -393,6 +382,12 @@ pub fn prepare(config: &RestoreBenchConfig) -> Result<BenchImage, BenchError> {
             .map_err(|e| BenchError::Ready(e.to_string()))
     };
     let (data_pages, zero_pages) = (field("data_pages")?, field("zero_pages")?);
+    let buf = ready
+        .try_hex("buf")
+        .map_err(|e| BenchError::Ready(e.to_string()))?;
+    let buf_len = ready
+        .try_hex("buf_len")
+        .map_err(|e| BenchError::Ready(e.to_string()))?;
     fx.try_wait_tag("CHECKED", LIMIT)
         .map_err(|e| BenchError::Ready(e.to_string()))?;
     let opts = CaptureOptions {
@@ -401,11 +396,16 @@ pub fn prepare(config: &RestoreBenchConfig) -> Result<BenchImage, BenchError> {
         ..CaptureOptions::new(&path)
     };
     let pid = i32::try_from(fx.pid()).map_err(|_| BenchError::Ready("pid out of range".into()))?;
+    let t = Instant::now();
     let report = capture_process(pid, &opts, &mut ())?;
+    let capture_ms = t.elapsed().as_secs_f64() * 1e3;
     drop(fx);
     Ok(BenchImage {
         dir,
         path,
+        capture_ms,
+        buf,
+        buf_len,
         image_bytes: report.image.file_len,
         data_pages,
         zero_pages,
@@ -414,6 +414,7 @@ pub fn prepare(config: &RestoreBenchConfig) -> Result<BenchImage, BenchError> {
 
 /// The `lazarus restore` command of one run; killed on drop (an early return), which
 /// kills the restored process too (it dies with its agent).
+#[derive(Debug)]
 struct Agent {
     child: Child,
 }
@@ -426,6 +427,7 @@ impl Drop for Agent {
 }
 
 /// A restored process; killed on drop, which waits until its pid is free again.
+#[derive(Debug)]
 struct Restored {
     pidfd: OwnedFd,
     pid: i32,
@@ -461,6 +463,141 @@ fn json_ms(v: &serde_json::Value, key: &str) -> Result<f64, BenchError> {
         .ok_or_else(|| BenchError::Restore(format!("no {key} in the timings: {v}")))
 }
 
+/// A `lazarus restore --json` under way: the process runs (its pid line was read).
+/// Dropping it kills the command and the restored process.
+#[derive(Debug)]
+pub struct LiveRestore {
+    agent: Agent,
+    lines: Lines<BufReader<ChildStdout>>,
+    restored: Option<Restored>,
+    /// When the command was started.
+    pub t0: Instant,
+    /// From the command's start until the process ran, ms.
+    pub running_ms: f64,
+    /// The restored process.
+    pub pid: i32,
+}
+
+/// What the summary of a finished `lazarus restore --json` says.
+#[derive(Debug, Clone)]
+pub struct RestoreEnd {
+    /// From the command's start until every page was in, ms (on the clock of
+    /// [`LiveRestore::t0`]); `None` if the restore ended before (the process was
+    /// killed first).
+    pub all_in_ms: Option<f64>,
+    /// Inside the agent, ms since its restore call: every check done, files opened.
+    pub planned_ms: f64,
+    /// Inside the agent: the helper exists and is seized.
+    pub helper_ms: f64,
+    /// Inside the agent: the layout, fds and process state are built.
+    pub layout_ms: f64,
+    /// The agent's statistics (`stats` of the summary, see docs/AGENT.md).
+    pub stats: serde_json::Value,
+}
+
+impl LiveRestore {
+    /// Starts `lazarus restore IMAGE --json` with the restored process's stdout to
+    /// `stdout` (a file), stdin and stderr to `/dev/null`, other unrestorable fds to
+    /// `/dev/null`, plus `args`; returns once the process runs.
+    pub fn start(
+        lazarus: &Path,
+        image: &Path,
+        stdout: &Path,
+        args: &[String],
+    ) -> Result<LiveRestore, BenchError> {
+        let mut all: Vec<String> = vec![
+            "restore".into(),
+            image.to_string_lossy().into_owned(),
+            "--json".into(),
+            "--stdin".into(),
+            "null".into(),
+            "--stdout".into(),
+            stdout.to_string_lossy().into_owned(),
+            "--stderr".into(),
+            "null".into(),
+            "--unrestorable-fds".into(),
+            "null".into(),
+        ];
+        all.extend(args.iter().cloned());
+        let t0 = Instant::now();
+        let mut agent = Agent {
+            child: Command::new(lazarus)
+                .args(&all)
+                // Its warnings (e.g. the fds given /dev/null) would clutter the report.
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(io(format!("run {}", lazarus.display())))?,
+        };
+        let stdout = agent
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Restore("no stdout pipe".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let started = json_line(&mut lines, "pid line")?;
+        let running_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let pid = started["pid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| BenchError::Restore(format!("no pid in {started}")))?;
+        let pidfd = pidfd_open(
+            Pid::from_raw(pid).ok_or_else(|| BenchError::Restore(format!("pid {pid}")))?,
+            PidfdFlags::empty(),
+        )
+        .map_err(|e| io(format!("pidfd of the restored process {pid}"))(e.into()))?;
+        Ok(LiveRestore {
+            agent,
+            lines,
+            restored: Some(Restored { pidfd, pid }),
+            t0,
+            running_ms,
+            pid,
+        })
+    }
+
+    /// Milliseconds since the command was started.
+    pub fn elapsed_ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1e3
+    }
+
+    /// Kills the restored process and waits until its pid is free (a lazy restore
+    /// without prefetch never completes on its own: this ends it).
+    pub fn kill_process(&mut self) {
+        self.restored = None;
+    }
+
+    /// Waits for the summary (the restore complete, or the process gone) and the
+    /// command's exit; then kills the process if it still runs.
+    pub fn finish(mut self) -> Result<RestoreEnd, BenchError> {
+        let summary = json_line(&mut self.lines, "summary")?;
+        let status = self
+            .agent
+            .child
+            .wait()
+            .map_err(io("wait for lazarus restore"))?;
+        if !status.success() {
+            return Err(BenchError::Restore(format!(
+                "lazarus restore exited with {status}"
+            )));
+        }
+        let timings = &summary["timings"];
+        let all_in_ms = timings["populated"]
+            .as_f64()
+            .map(|populated| -> Result<f64, BenchError> {
+                Ok(self.running_ms - json_ms(timings, "running")? + populated)
+            })
+            .transpose()?;
+        Ok(RestoreEnd {
+            all_in_ms,
+            planned_ms: json_ms(timings, "planned")?,
+            helper_ms: json_ms(timings, "helper")?,
+            layout_ms: json_ms(timings, "layout")?,
+            stats: summary["stats"].clone(),
+        })
+    }
+}
+
 /// Restores `image` once with `mode` (`lazarus restore`, original pid) and measures it;
 /// checks that the restored memhog verifies its whole buffer, then kills it and waits
 /// until its pid is free again.
@@ -470,94 +607,53 @@ pub fn restore_once(
     mode: Mode,
 ) -> Result<RestoreRun, BenchError> {
     let out = image.dir.path().join("restored.out");
-    match std::fs::remove_file(&out) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io(format!("remove {}", out.display()))(e));
-        }
-        _ => {}
-    }
-    let mut args: Vec<String> = vec![
-        "restore".into(),
-        image.path.to_string_lossy().into_owned(),
-        "--json".into(),
-        "--no-working-set".into(),
-        "--stdin".into(),
-        "null".into(),
-        "--stdout".into(),
-        out.to_string_lossy().into_owned(),
-        "--stderr".into(),
-        "null".into(),
-        "--unrestorable-fds".into(),
-        "null".into(),
-    ];
+    remove_if_present(&out)?;
+    let mut args = vec!["--no-working-set".to_owned()];
     args.extend(mode.flags(config.prefetch_workers));
-    let t0 = Instant::now();
-    let mut agent = Agent {
-        child: Command::new(&config.lazarus)
-            .args(&args)
-            // Its warnings (e.g. the fds given /dev/null) would clutter the report.
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(io(format!("run {}", config.lazarus.display())))?,
-    };
-    let stdout = agent
-        .child
-        .stdout
-        .take()
-        .ok_or_else(|| BenchError::Restore("no stdout pipe".into()))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let started = json_line(&mut lines, "pid line")?;
-    let running = t0.elapsed().as_secs_f64() * 1e3;
-    let pid = started["pid"]
-        .as_i64()
-        .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| BenchError::Restore(format!("no pid in {started}")))?;
-    let pidfd = pidfd_open(
-        Pid::from_raw(pid).ok_or_else(|| BenchError::Restore(format!("pid {pid}")))?,
-        PidfdFlags::empty(),
-    )
-    .map_err(|e| io(format!("pidfd of the restored process {pid}"))(e.into()))?;
-    let restored = Restored { pidfd, pid };
+    let mut live = LiveRestore::start(&config.lazarus, &image.path, &out, &args)?;
     // The first check may have begun before the capture; the second ran entirely
     // after the restore: every page of the buffer was read, every byte was right.
-    let mut tail = LogTail::new(&out).watch_pid(pid as u32);
-    for _ in 0..2 {
-        tail.try_wait_tag("CHECKED", LIMIT)
-            .map_err(|e| BenchError::Restore(format!("the restored memhog: {e}")))?;
-    }
-    let buffer_read = t0.elapsed().as_secs_f64() * 1e3;
+    wait_checks(&out, live.pid, 2)?;
+    let buffer_read = live.elapsed_ms();
     if mode == Mode::Lazy {
         // On demand only, the restore never completes: end it.
-        drop(restored);
+        live.kill_process();
     }
-    let summary = json_line(&mut lines, "summary")?;
-    let status = agent.child.wait().map_err(io("wait for lazarus restore"))?;
-    if !status.success() {
-        return Err(BenchError::Restore(format!(
-            "lazarus restore exited with {status}"
-        )));
+    let running = live.running_ms;
+    let end = live.finish()?;
+    if mode != Mode::Lazy && end.all_in_ms.is_none() {
+        return Err(BenchError::Restore(
+            "the restore ended before every page was in".into(),
+        ));
     }
-    let timings = &summary["timings"];
-    let all_in = match mode {
-        Mode::Lazy => None,
-        Mode::LazyPrefetch | Mode::Eager => {
-            let populated = timings["populated"].as_f64().ok_or_else(|| {
-                BenchError::Restore(format!(
-                    "the restore ended before every page was in: {summary}"
-                ))
-            })?;
-            Some(running - json_ms(timings, "running")? + populated)
-        }
-    };
     Ok(RestoreRun {
         mode,
         running_ms: running,
-        all_in_ms: all_in,
+        all_in_ms: end.all_in_ms.filter(|_| mode != Mode::Lazy),
         buffer_read_ms: buffer_read,
-        planned_ms: json_ms(timings, "planned")?,
-        helper_ms: json_ms(timings, "helper")?,
-        layout_ms: json_ms(timings, "layout")?,
-        faults: summary["stats"]["faults"]["total"].as_u64().unwrap_or(0),
+        planned_ms: end.planned_ms,
+        helper_ms: end.helper_ms,
+        layout_ms: end.layout_ms,
+        faults: end.stats["faults"]["total"].as_u64().unwrap_or(0),
     })
+}
+
+/// Removes `path` if it exists.
+pub(crate) fn remove_if_present(path: &Path) -> Result<(), BenchError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io(format!("remove {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Waits until the restored memhog `pid` wrote `n` `CHECKED` lines to `out`.
+pub fn wait_checks(out: &Path, pid: i32, n: usize) -> Result<(), BenchError> {
+    let mut tail = LogTail::new(out).watch_pid(pid as u32);
+    for _ in 0..n {
+        tail.try_wait_tag("CHECKED", LIMIT)
+            .map_err(|e| BenchError::Restore(format!("the restored memhog: {e}")))?;
+    }
+    Ok(())
 }

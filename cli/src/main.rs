@@ -40,6 +40,9 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Restore a process captured with `capture --pid`, its memory served lazily.
     Restore(commands::restore::RestoreArgs),
+    /// Run restore strategies side by side on real workloads: JSON, markdown
+    /// table, SVG plots.
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Extract(args) => commands::extract::run(&args),
         Command::Serve(args) => commands::serve::run(&args),
         Command::Restore(args) => commands::restore::run(&args),
+        Command::Bench(args) => commands::bench::run_bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

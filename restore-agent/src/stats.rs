@@ -187,7 +187,15 @@ pub struct LatencyStats {
     pub max_us: f64,
     /// Mean.
     pub mean_us: f64,
+    /// The distribution: `[quantile, µs]` at each of [`LATENCY_QUANTILES`]
+    /// (empty when no fault was recorded), for plotting a CDF.
+    pub quantiles_us: Vec<[f64; 2]>,
 }
+
+/// The quantiles [`LatencyStats::quantiles_us`] reports.
+pub const LATENCY_QUANTILES: [f64; 16] = [
+    0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0,
+];
 
 impl LatencyStats {
     fn from_histogram(h: &Histogram<u64>) -> Self {
@@ -201,6 +209,10 @@ impl LatencyStats {
             p99_us: us(h.value_at_quantile(0.99)),
             max_us: us(h.max()),
             mean_us: h.mean() / 1000.0,
+            quantiles_us: LATENCY_QUANTILES
+                .iter()
+                .map(|&q| [q, us(h.value_at_quantile(q))])
+                .collect(),
         }
     }
 }

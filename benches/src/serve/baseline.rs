@@ -21,6 +21,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
 
 use fixtures::sys::Mapping;
 use restore_agent::uffd::{
@@ -33,6 +36,8 @@ use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 const HANDSHAKE_BUF: usize = 4096;
 /// Messages read per `read(2)`.
 const BATCH: usize = 16;
+/// Longest fault service time the in-process handler's histogram holds, ns.
+const LATENCY_MAX_NS: u64 = 60_000_000_000;
 
 /// One region of the handshake.
 #[derive(Debug, serde::Deserialize)]
@@ -131,23 +136,44 @@ fn serve_one(stream: &UnixStream, file: &[u8], stop: &OwnedFd) -> std::io::Resul
         .map_err(|e| std::io::Error::other(format!("handshake: {e}")))?;
     let uffd = Userfaultfd::from_initialized(fd, Features::EVENT_REMOVE)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    serve_faults(&uffd, &regions, file, stop, Some(stream), None)
+}
+
+/// The handler's loop: serves the page faults of `uffd` from `file` (each
+/// region's bytes at its `offset`) until `stop` is signalled, `peer` hangs up
+/// or the target is gone. With `latency`, records each fault's service time
+/// (from the read that returned it to the end of its copy), in ns.
+fn serve_faults(
+    uffd: &Userfaultfd,
+    regions: &[Region],
+    file: &[u8],
+    stop: &OwnedFd,
+    peer: Option<&UnixStream>,
+    mut latency: Option<&mut Histogram<u64>>,
+) -> std::io::Result<()> {
     let page = rustix::param::page_size() as u64;
     let mut msgs = MsgBuffer::new(BATCH);
     loop {
+        let n = if peer.is_some() { 3 } else { 2 };
         let mut fds = [
             PollFd::new(stop, PollFlags::IN),
-            PollFd::new(&uffd, PollFlags::IN),
-            PollFd::new(stream, PollFlags::RDHUP),
+            PollFd::new(uffd, PollFlags::IN),
+            match peer {
+                Some(peer) => PollFd::new(peer, PollFlags::RDHUP),
+                None => PollFd::new(stop, PollFlags::IN),
+            },
         ];
-        match poll(&mut fds, None) {
+        match poll(&mut fds[..n], None) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
-        if !fds[0].revents().is_empty() || !fds[2].revents().is_empty() {
+        // Stopped, or the peer hung up.
+        if !fds[0].revents().is_empty() || (n == 3 && !fds[2].revents().is_empty()) {
             return Ok(());
         }
-        read_messages(&uffd, &mut msgs)?;
+        read_messages(uffd, &mut msgs)?;
+        let read_at = Instant::now();
         for msg in msgs.drain() {
             let Ok(Event::PageFault(pf)) = msg else {
                 continue;
@@ -160,7 +186,11 @@ fn serve_one(stream: &UnixStream, file: &[u8], stop: &OwnedFd) -> std::io::Resul
                 continue;
             };
             let at = (r.offset + addr - r.base_host_virt_addr) as usize;
-            let src = &file[at..at + page as usize];
+            let Some(src) = file.get(at..at + page as usize) else {
+                return Err(std::io::Error::other(format!(
+                    "fault at {addr:#x}: beyond the memory file"
+                )));
+            };
             match copy(uffd.as_fd(), addr, src, CopyMode::empty()) {
                 Ok(_) => {}
                 Err(FillError::Exists) => {
@@ -169,6 +199,79 @@ fn serve_one(stream: &UnixStream, file: &[u8], stop: &OwnedFd) -> std::io::Resul
                 Err(FillError::TargetGone) => return Ok(()),
                 Err(e) => return Err(std::io::Error::other(e.to_string())),
             }
+            if let Some(h) = latency.as_deref_mut() {
+                h.saturating_record(read_at.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+}
+
+/// The same handler serving memory of this process: a range of an anonymous
+/// mapping registered with a new userfaultfd, filled from a raw file (the
+/// in-process baseline of `lazarus bench`, module `bench::replay`).
+#[derive(Debug)]
+pub(crate) struct InProcess {
+    stop: OwnedFd,
+    thread: Option<JoinHandle<std::io::Result<Histogram<u64>>>>,
+}
+
+impl InProcess {
+    /// Registers `[addr, addr + len)` (page-aligned, mapped anonymous and
+    /// untouched: every first access faults) and serves it from `memfile`
+    /// (byte `i` of the range is byte `i` of the file).
+    pub(crate) fn start(memfile: &Path, addr: u64, len: u64) -> std::io::Result<Self> {
+        let file = std::fs::File::open(memfile)?;
+        let file_len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::other("memory file too large"))?;
+        let memory = Mapping::file_read_only(&file, file_len)?;
+        let fd = fixtures::sys::userfaultfd(fixtures::sys::UFFD_FEATURE_EVENT_REMOVE)?;
+        fixtures::sys::userfaultfd_register(fd.as_fd(), addr as usize, len as usize)?;
+        let uffd = Userfaultfd::from_initialized(fd, Features::EVENT_REMOVE)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)?;
+        let stop_rx = stop.try_clone()?;
+        let regions = [Region {
+            base_host_virt_addr: addr,
+            size: len,
+            offset: 0,
+        }];
+        let thread = std::thread::Builder::new()
+            .name("baseline-inproc".into())
+            .spawn(move || {
+                let mut h = Histogram::new_with_bounds(1, LATENCY_MAX_NS, 3)
+                    .expect("static histogram bounds are valid");
+                serve_faults(
+                    &uffd,
+                    &regions,
+                    memory.bytes(),
+                    &stop_rx,
+                    None,
+                    Some(&mut h),
+                )?;
+                Ok(h)
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the handler; returns its fault service times (ns). The range
+    /// must not be touched any more (its unserved pages would block).
+    pub(crate) fn stop(mut self) -> std::io::Result<Histogram<u64>> {
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(std::io::Error::other("the baseline handler panicked")),
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -27,7 +27,7 @@
 //! files the benchmark just wrote (page cache). Medians of
 //! `LAZARUS_BENCH_REPEAT` runs.
 
-mod baseline;
+pub(crate) mod baseline;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

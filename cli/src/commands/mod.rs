@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod bench;
 pub(crate) mod capture;
 pub(crate) mod extract;
 pub(crate) mod inspect;
