@@ -481,7 +481,7 @@ fn prepare_cache(cache: CacheState, files: &[PathBuf]) -> Result<(), String> {
     }
 }
 
-/// Longest skip reason kept from `criu check`'s messages, bytes.
+/// Longest skip reason kept from `criu check`'s message, bytes.
 const MAX_REASON: usize = 400;
 
 /// Whether CRIU can be used here: `Ok` if a `criu` on `PATH` passes `criu
@@ -502,13 +502,26 @@ pub(crate) fn criu_status() -> Result<PathBuf, String> {
     if out.status.success() {
         return Ok(criu);
     }
-    let text = String::from_utf8_lossy(&out.stderr);
-    let mut why: String = text
+    let why = criu_reason(&String::from_utf8_lossy(&out.stderr));
+    Err(format!(
+        "`{} check` failed ({}): {why}",
+        criu.display(),
+        out.status
+    ))
+}
+
+/// The root cause in `criu check`'s messages. criu prints a chain of
+/// `Error (file.c:line): message` lines, helpers' exit statuses first, then
+/// the cause (`vdso: Unexpected rt vDSO area bounds`), then its
+/// consequences: the first message that is not an exit status, at most
+/// [`MAX_REASON`] bytes.
+fn criu_reason(stderr: &str) -> String {
+    let mut why = stderr
         .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
+        .map(|l| l.trim().split_once("): ").map_or(l.trim(), |(_, msg)| msg))
+        .find(|msg| !msg.is_empty() && !msg.starts_with("exited, status"))
+        .unwrap_or("no message")
+        .to_owned();
     if why.len() > MAX_REASON {
         let cut = (0..=MAX_REASON)
             .rev()
@@ -517,11 +530,7 @@ pub(crate) fn criu_status() -> Result<PathBuf, String> {
         why.truncate(cut);
         why.push('…');
     }
-    Err(format!(
-        "`{} check` failed ({}): {why}",
-        criu.display(),
-        out.status
-    ))
+    why
 }
 
 /// Wall-clock milliseconds since `t0`.
@@ -573,4 +582,24 @@ pub(crate) fn spread_of<'a>(
     f: impl Fn(&Run) -> Option<f64>,
 ) -> Option<Spread> {
     Spread::of(runs.into_iter().filter_map(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_reason_is_the_root_cause() {
+        // `criu check` (3.17.1) on Linux 6.18, as printed here.
+        let stderr = "Error (criu/util.c:642): exited, status=1\n\
+                      Error (criu/util.c:642): exited, status=1\n\
+                      Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n\
+                      Error (criu/vdso.c:613): vdso: Failed to fill self vdso symtable\n\
+                      Error (criu/crtools.c:260): Could not initialize kernel features detection.\n";
+        assert_eq!(criu_reason(stderr), "vdso: Unexpected rt vDSO area bounds");
+        assert_eq!(criu_reason(""), "no message");
+        let long = format!("Error (x.c:1): {}", "é".repeat(MAX_REASON));
+        let why = criu_reason(&long);
+        assert!(why.len() <= MAX_REASON + '…'.len_utf8() && why.ends_with('…'));
+    }
 }
