@@ -104,6 +104,33 @@ fn draw_err(path: &Path) -> impl Fn(String) -> BenchError + '_ {
     }
 }
 
+/// Draws `series` as lines in their colors on `chart`, with a legend.
+fn draw_curves<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    series: &[Series],
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for (label, i, pts) in series {
+        let color = COLORS[*i % COLORS.len()];
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+            .label(label.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+}
+
 /// A CDF plot: x log µs, y fraction.
 fn cdf(path: &Path, title: &str, series: &[Series]) -> Result<(), BenchError> {
     let err = draw_err(path);
@@ -131,23 +158,7 @@ fn cdf(path: &Path, title: &str, series: &[Series]) -> Result<(), BenchError> {
         .y_desc("fraction")
         .draw()
         .map_err(|e| err(e.to_string()))?;
-    for (label, i, pts) in series {
-        let color = COLORS[*i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| err(e.to_string()))?
-            .label(label.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    draw_curves(&mut chart, series).map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))
 }
 
@@ -177,22 +188,6 @@ fn lines(path: &Path, title: &str, series: &[Series]) -> Result<(), BenchError> 
         .y_desc("resident MiB")
         .draw()
         .map_err(|e| err(e.to_string()))?;
-    for (label, i, pts) in series {
-        let color = COLORS[*i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
-            .map_err(|e| err(e.to_string()))?
-            .label(label.as_str())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    draw_curves(&mut chart, series).map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))
 }
