@@ -36,6 +36,7 @@ pub(crate) fn prepare(opts: &BenchOptions, mib: u64) -> Result<Memhog, String> {
         mib,
         runs: 1,
         prefetch_workers: 1,
+        fault_policy: None,
         dir: opts.work_dir.clone(),
         lazarus: opts.lazarus.clone(),
     };
