@@ -57,7 +57,8 @@
 //! [`RestoreBenchResult::modes`] the per-mode [`Spread`]s.
 //!
 //! Configuration ([`RestoreBenchConfig::from_env`]): `LAZARUS_BENCH_RESTORE_MIB`
-//! (1024), `LAZARUS_BENCH_RUNS` (3), `LAZARUS_BENCH_PREFETCH_WORKERS` (1),
+//! (1024), `LAZARUS_BENCH_RUNS` (3), `LAZARUS_BENCH_PREFETCH_WORKERS` (default: the
+//! command's own, one per CPU up to 4),
 //! `LAZARUS_BENCH_FAULT_POLICY` (`page` or `chunk`; default: the command's own),
 //! `LAZARUS_BENCH_DIR` (the system temporary directory), `LAZARUS_BIN` (the `lazarus`
 //! binary; default: next to the fixtures). Build first, in the same profile:
@@ -93,8 +94,8 @@ pub struct RestoreBenchConfig {
     pub mib: u64,
     /// Runs of each mode (medians are reported).
     pub runs: usize,
-    /// Prefetch threads of the prefetching modes.
-    pub prefetch_workers: usize,
+    /// Prefetch threads of the prefetching modes; `None`: the command's default.
+    pub prefetch_workers: Option<usize>,
     /// `--fault-policy` of every mode (`page` or `chunk`); `None`: the command's
     /// default.
     pub fault_policy: Option<String>,
@@ -123,8 +124,13 @@ impl RestoreBenchConfig {
         Ok(Self {
             mib: var("LAZARUS_BENCH_RESTORE_MIB", 1024)?.max(1),
             runs: usize::try_from(var("LAZARUS_BENCH_RUNS", 3)?.max(1)).unwrap_or(usize::MAX),
-            prefetch_workers: usize::try_from(var("LAZARUS_BENCH_PREFETCH_WORKERS", 1)?.max(1))
-                .unwrap_or(usize::MAX),
+            prefetch_workers: match std::env::var("LAZARUS_BENCH_PREFETCH_WORKERS") {
+                Ok(_) => Some(
+                    usize::try_from(var("LAZARUS_BENCH_PREFETCH_WORKERS", 1)?.max(1))
+                        .unwrap_or(usize::MAX),
+                ),
+                Err(_) => None,
+            },
             fault_policy: match std::env::var("LAZARUS_BENCH_FAULT_POLICY") {
                 Ok(v) if matches!(v.trim(), "page" | "chunk") => Some(v.trim().to_owned()),
                 Ok(value) => {
@@ -173,16 +179,16 @@ impl Mode {
         }
     }
 
-    /// The `lazarus restore` options selecting this strategy.
-    pub fn flags(self, prefetch_workers: usize) -> Vec<String> {
+    /// The `lazarus restore` options selecting this strategy (`prefetch_workers`:
+    /// `None` for the command's default).
+    pub fn flags(self, prefetch_workers: Option<usize>) -> Vec<String> {
+        let workers = prefetch_workers
+            .map(|n| vec!["--prefetch-workers".into(), n.to_string()])
+            .unwrap_or_default();
         match self {
             Mode::Lazy => vec!["--no-prefetch".into()],
-            Mode::LazyPrefetch => vec!["--prefetch-workers".into(), prefetch_workers.to_string()],
-            Mode::Eager => vec![
-                "--eager".into(),
-                "--prefetch-workers".into(),
-                prefetch_workers.to_string(),
-            ],
+            Mode::LazyPrefetch => workers,
+            Mode::Eager => [vec!["--eager".into()], workers].concat(),
         }
     }
 }
@@ -310,13 +316,14 @@ impl RestoreBenchResult {
         let c = &self.config;
         let mut out = format!(
             "restore benchmark: memhog {} MiB ({} data pages, {} zero pages), image {:.1} MiB, \
-             {} run(s) per mode, {} prefetch worker(s), fault policy {}\n\n",
+             {} run(s) per mode, prefetch workers {}, fault policy {}\n\n",
             c.mib,
             self.data_pages,
             self.zero_pages,
             self.image_bytes as f64 / f64::from(1u32 << 20),
             c.runs,
-            c.prefetch_workers,
+            c.prefetch_workers
+                .map_or_else(|| "(default)".to_owned(), |n| n.to_string()),
             c.fault_policy.as_deref().unwrap_or("(default)"),
         );
         out.push_str(

@@ -97,6 +97,23 @@ pub enum FaultPolicy {
     Chunk,
 }
 
+/// The most prefetch workers [`default_prefetch_workers`] picks.
+///
+/// Measured on a 2-vCPU machine only (docs/RESTORE.md, "Figures"): there 2 workers
+/// fill memory 1.9× as fast as one. More than 2 is unmeasured; the cap keeps a
+/// restore from taking every CPU of a large machine by default (the fault server and
+/// the restored process need some). Pass more explicitly to try.
+pub const MAX_DEFAULT_PREFETCH_WORKERS: usize = 4;
+
+/// The default number of prefetch workers: one per available CPU (the
+/// process's affinity and cgroup quota), at most [`MAX_DEFAULT_PREFETCH_WORKERS`],
+/// at least 1.
+pub fn default_prefetch_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_DEFAULT_PREFETCH_WORKERS)
+}
+
 /// Options of a [`FaultServer`].
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -109,7 +126,8 @@ pub struct ServerOptions {
     pub liveness_interval: Duration,
     /// Chunk cache size.
     pub cache: CacheOptions,
-    /// Prefetch worker threads; 0 serves on demand only.
+    /// Prefetch worker threads; 0 serves on demand only. Default:
+    /// [`default_prefetch_workers`].
     pub prefetch_workers: usize,
     /// Chunks to prefetch first, in order (a loaded working set).
     pub prefetch_first: Vec<ChunkId>,
@@ -126,7 +144,7 @@ impl Default for ServerOptions {
             spin: Duration::from_micros(50),
             liveness_interval: Duration::from_millis(100),
             cache: CacheOptions::default(),
-            prefetch_workers: 1,
+            prefetch_workers: default_prefetch_workers(),
             prefetch_first: Vec::new(),
             record_working_set: true,
             batch: 64,
