@@ -57,7 +57,9 @@
 //! [`RestoreBenchResult::modes`] the per-mode [`Spread`]s.
 //!
 //! Configuration ([`RestoreBenchConfig::from_env`]): `LAZARUS_BENCH_RESTORE_MIB`
-//! (1024), `LAZARUS_BENCH_RUNS` (3), `LAZARUS_BENCH_PREFETCH_WORKERS` (1),
+//! (1024), `LAZARUS_BENCH_RUNS` (3), `LAZARUS_BENCH_PREFETCH_WORKERS` (default: the
+//! command's own, one per CPU up to 4),
+//! `LAZARUS_BENCH_FAULT_POLICY` (`page` or `chunk`; default: the command's own),
 //! `LAZARUS_BENCH_DIR` (the system temporary directory), `LAZARUS_BIN` (the `lazarus`
 //! binary; default: next to the fixtures). Build first, in the same profile:
 //! `cargo build --release -p lazarus -p fixtures`.
@@ -92,8 +94,11 @@ pub struct RestoreBenchConfig {
     pub mib: u64,
     /// Runs of each mode (medians are reported).
     pub runs: usize,
-    /// Prefetch threads of the prefetching modes.
-    pub prefetch_workers: usize,
+    /// Prefetch threads of the prefetching modes; `None`: the command's default.
+    pub prefetch_workers: Option<usize>,
+    /// `--fault-policy` of every mode (`page` or `chunk`); `None`: the command's
+    /// default.
+    pub fault_policy: Option<String>,
     /// Where the image is written (in a temporary directory below it).
     pub dir: PathBuf,
     /// The `lazarus` binary.
@@ -119,8 +124,23 @@ impl RestoreBenchConfig {
         Ok(Self {
             mib: var("LAZARUS_BENCH_RESTORE_MIB", 1024)?.max(1),
             runs: usize::try_from(var("LAZARUS_BENCH_RUNS", 3)?.max(1)).unwrap_or(usize::MAX),
-            prefetch_workers: usize::try_from(var("LAZARUS_BENCH_PREFETCH_WORKERS", 1)?.max(1))
-                .unwrap_or(usize::MAX),
+            prefetch_workers: match std::env::var("LAZARUS_BENCH_PREFETCH_WORKERS") {
+                Ok(_) => Some(
+                    usize::try_from(var("LAZARUS_BENCH_PREFETCH_WORKERS", 1)?.max(1))
+                        .unwrap_or(usize::MAX),
+                ),
+                Err(_) => None,
+            },
+            fault_policy: match std::env::var("LAZARUS_BENCH_FAULT_POLICY") {
+                Ok(v) if matches!(v.trim(), "page" | "chunk") => Some(v.trim().to_owned()),
+                Ok(value) => {
+                    return Err(BenchError::Config {
+                        name: "LAZARUS_BENCH_FAULT_POLICY",
+                        value,
+                    });
+                }
+                Err(_) => None,
+            },
             dir: std::env::var_os("LAZARUS_BENCH_DIR")
                 .map_or_else(std::env::temp_dir, PathBuf::from),
             lazarus,
@@ -159,16 +179,16 @@ impl Mode {
         }
     }
 
-    /// The `lazarus restore` options selecting this strategy.
-    pub fn flags(self, prefetch_workers: usize) -> Vec<String> {
+    /// The `lazarus restore` options selecting this strategy (`prefetch_workers`:
+    /// `None` for the command's default).
+    pub fn flags(self, prefetch_workers: Option<usize>) -> Vec<String> {
+        let workers = prefetch_workers
+            .map(|n| vec!["--prefetch-workers".into(), n.to_string()])
+            .unwrap_or_default();
         match self {
             Mode::Lazy => vec!["--no-prefetch".into()],
-            Mode::LazyPrefetch => vec!["--prefetch-workers".into(), prefetch_workers.to_string()],
-            Mode::Eager => vec![
-                "--eager".into(),
-                "--prefetch-workers".into(),
-                prefetch_workers.to_string(),
-            ],
+            Mode::LazyPrefetch => workers,
+            Mode::Eager => [vec!["--eager".into()], workers].concat(),
         }
     }
 }
@@ -225,6 +245,10 @@ pub struct RestoreRun {
     pub layout_ms: f64,
     /// Page faults served.
     pub faults: u64,
+    /// Bytes copied by the fault server.
+    pub fault_copied_bytes: u64,
+    /// Bytes copied by the prefetch pool.
+    pub prefetch_copied_bytes: u64,
 }
 
 pub use crate::stats::Spread;
@@ -242,6 +266,10 @@ pub struct ModeSummary {
     pub buffer_read_ms: Spread,
     /// Median page faults served.
     pub faults: f64,
+    /// Median MiB copied by the fault server.
+    pub fault_copied_mib: f64,
+    /// Median MiB copied by the prefetch pool.
+    pub prefetch_copied_mib: f64,
 }
 
 /// Every run of every mode.
@@ -272,6 +300,12 @@ impl RestoreBenchResult {
                     all_in_ms: Spread::of(runs.iter().filter_map(|r| r.all_in_ms)),
                     buffer_read_ms: Spread::of(runs.iter().map(|r| r.buffer_read_ms))?,
                     faults: Spread::of(runs.iter().map(|r| r.faults as f64))?.median,
+                    fault_copied_mib: Spread::of(runs.iter().map(|r| mib(r.fault_copied_bytes)))?
+                        .median,
+                    prefetch_copied_mib: Spread::of(
+                        runs.iter().map(|r| mib(r.prefetch_copied_bytes)),
+                    )?
+                    .median,
                 })
             })
             .collect()
@@ -282,34 +316,38 @@ impl RestoreBenchResult {
         let c = &self.config;
         let mut out = format!(
             "restore benchmark: memhog {} MiB ({} data pages, {} zero pages), image {:.1} MiB, \
-             {} run(s) per mode, {} prefetch worker(s)\n\n",
+             {} run(s) per mode, prefetch workers {}, fault policy {}\n\n",
             c.mib,
             self.data_pages,
             self.zero_pages,
             self.image_bytes as f64 / f64::from(1u32 << 20),
             c.runs,
-            c.prefetch_workers,
+            c.prefetch_workers
+                .map_or_else(|| "(default)".to_owned(), |n| n.to_string()),
+            c.fault_policy.as_deref().unwrap_or("(default)"),
         );
         out.push_str(
             "times in ms from the start of `lazarus restore`: median (min–max)\n\n\
-             | mode | until it runs | until every page is in | until it has read its whole buffer | faults served |\n\
-             | --- | --- | --- | --- | --- |\n",
+             | mode | until it runs | until every page is in | until it has read its whole buffer | faults served | MiB copied on fault / prefetched |\n\
+             | --- | --- | --- | --- | --- | --- |\n",
         );
         for m in self.modes() {
             let all_in = m
                 .all_in_ms
                 .map_or_else(|| "never (on demand only)".to_owned(), |s| s.to_string());
             out.push_str(&format!(
-                "| {} | {} | {all_in} | {} | {:.0} |\n",
+                "| {} | {} | {all_in} | {} | {:.0} | {:.1} / {:.1} |\n",
                 m.mode.name(),
                 m.running_ms,
                 m.buffer_read_ms,
-                m.faults
+                m.faults,
+                m.fault_copied_mib,
+                m.prefetch_copied_mib,
             ));
         }
         out.push_str(&format!(
             "| CRIU 4.2, lazy pages with background fetch (measured outside the project) | \
-             {CRIU_RUNNING_MS:.0} | {CRIU_ALL_IN_MS:.0} | | |\n\n\
+             {CRIU_RUNNING_MS:.0} | {CRIU_ALL_IN_MS:.0} | | | |\n\n\
              inside the agent (ms since its restore call, medians): checks / helper / layout\n"
         ));
         for mode in Mode::ALL {
@@ -329,6 +367,11 @@ impl RestoreBenchResult {
         }
         out
     }
+}
+
+/// Bytes to MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 20)
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
@@ -610,6 +653,9 @@ pub fn restore_once(
     remove_if_present(&out)?;
     let mut args = vec!["--no-working-set".to_owned()];
     args.extend(mode.flags(config.prefetch_workers));
+    if let Some(policy) = &config.fault_policy {
+        args.extend(["--fault-policy".to_owned(), policy.clone()]);
+    }
     let mut live = LiveRestore::start(&config.lazarus, &image.path, &out, &args)?;
     // The first check may have begun before the capture; the second ran entirely
     // after the restore: every page of the buffer was read, every byte was right.
@@ -635,6 +681,8 @@ pub fn restore_once(
         helper_ms: end.helper_ms,
         layout_ms: end.layout_ms,
         faults: end.stats["faults"]["total"].as_u64().unwrap_or(0),
+        fault_copied_bytes: end.stats["bytes"]["fault_copied"].as_u64().unwrap_or(0),
+        prefetch_copied_bytes: end.stats["bytes"]["prefetch_copied"].as_u64().unwrap_or(0),
     })
 }
 

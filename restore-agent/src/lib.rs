@@ -77,8 +77,8 @@ pub use restore::{
     WorkingSetOptions, restore_into,
 };
 pub use server::{
-    AddSpaceError, FaultPolicy, FaultServer, GoneReason, ServerError, ServerEvent, ServerOptions,
-    SpaceMonitor,
+    AddSpaceError, FaultPolicy, FaultServer, GoneReason, MAX_DEFAULT_PREFETCH_WORKERS, ServerError,
+    ServerEvent, ServerOptions, SpaceMonitor, default_prefetch_workers,
 };
 pub use space::SpaceId;
 pub use state::PageState;

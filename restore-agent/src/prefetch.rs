@@ -3,8 +3,9 @@
 //!
 //! ```text
 //!  add_pass(space) ──► feeder thread ──(bounded crossbeam channel)──► worker 1..N
-//!                      walks the plan        Task { pass, item }      take the chunk from the cache,
-//!                      for each pass                                  enter the space's gate, copy
+//!                      hands each pass       Task { pass }            claim the pass's next item (atomic
+//!                      to every worker                                cursor), take its chunk from the
+//!                                                                     cache, enter the space's gate, copy
 //! ```
 //!
 //! - **The plan** is one order for every space: the loaded working set's
@@ -14,19 +15,25 @@
 //! - **A pass** is the plan applied to one space. A space added by FORK gets
 //!   its own pass (its state was copied, so it only fills what the parent
 //!   had not when it forked).
-//! - **A task** fills one chunk's uses in a space (or runs the zero sweep):
-//!   the worker takes the decoded chunk from the [`ChunkCache`] *before*
-//!   entering the gate, then, inside, maps the uses through the space's
-//!   current table, copies the runs of `Snapshot` units (one `UFFDIO_COPY`
-//!   per run, waking any waiter), and leaves. See `gate.rs` for why this
-//!   cannot install stale bytes after a REMOVE, REMAP or UNMAP.
+//! - **An item** of a pass fills one chunk's uses in a space (or runs the
+//!   zero sweep): the worker takes the decoded chunk from the [`ChunkCache`]
+//!   *before* entering the gate, then, inside, maps the uses through the
+//!   space's current table, copies the runs of `Snapshot` units (one
+//!   `UFFDIO_COPY` per run, waking any waiter), and leaves. See `gate.rs` for
+//!   why this cannot install stale bytes after a REMOVE, REMAP or UNMAP.
+//! - **Claiming**: the feeder hands each pass once to every worker; the
+//!   workers then claim its items themselves, in plan order, from the pass's
+//!   atomic cursor. The feeder is off the per-item path: handing out items
+//!   one by one through a bounded channel cost a futex wake-up of the feeder
+//!   per 64 KiB chunk (and a wait for it when it had not refilled the
+//!   channel yet), a quarter of a worker's time in a process restore.
 //! - **Faults first**: a worker backs off while the server wants the gate
-//!   and yields its CPU between tasks while the server has faults queued;
+//!   and yields its CPU between items while the server has faults queued;
 //!   the server never waits for a worker's decompression.
 //! - **Ending**: when no pass is left the feeder closes the task channel,
 //!   which ends the workers (everything is served); a space that goes away
-//!   (its target exited: `ESRCH`) has its remaining tasks skipped; `stop()`
-//!   ends everything at the next task. A later pass (a fork, or
+//!   (its target exited: `ESRCH`) has its remaining items skipped; `stop()`
+//!   ends everything at the next item. A later pass (a fork, or
 //!   `FaultServer::populate`) starts new workers. The feeder itself lives as
 //!   long as the pool, idle; passes reach it through a preallocated channel,
 //!   so the server thread can start one without allocating.
@@ -55,7 +62,7 @@ const MAX_ZERO_PER_ENTRY: u64 = 2 * 1024 * 1024;
 /// server reads the pending event meanwhile).
 const AGAIN_PAUSE: Duration = Duration::from_micros(20);
 
-/// Tasks queued ahead of the workers, per worker.
+/// Passes queued ahead of the workers, per worker.
 const QUEUE_PER_WORKER: usize = 2;
 
 /// One step of the plan.
@@ -99,6 +106,8 @@ pub(crate) fn build_plan(image: &Image, first: &[ChunkId]) -> Vec<Item> {
 #[derive(Debug)]
 pub(crate) struct Pass {
     space: Arc<Space>,
+    /// The next plan item to claim (may run past the plan's end).
+    next: AtomicUsize,
     /// Plan items not finished yet.
     left: AtomicUsize,
 }
@@ -111,12 +120,25 @@ impl Pass {
             self.space.set_prefetch_done(true);
         }
     }
+
+    /// Claims the next item of a plan of `len` items, if any is left.
+    fn claim(&self, len: usize) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        (i < len).then_some(i)
+    }
+
+    /// Claims every item left of a plan of `len` items and finishes them
+    /// unrun (the space is gone, or the pool stops).
+    fn skip_rest(&self, len: usize) {
+        let from = self.next.swap(len, Ordering::Relaxed);
+        self.finish(len.saturating_sub(from));
+    }
 }
 
+/// A pass handed to a worker: it claims the pass's items until none is left.
 #[derive(Debug)]
 struct Task {
     pass: Arc<Pass>,
-    item: usize,
 }
 
 /// What the feeder and the workers share.
@@ -218,7 +240,7 @@ impl Prefetcher {
         }
     }
 
-    /// Stops every worker at its next task and joins all threads.
+    /// Stops every worker at its next item and joins all threads.
     pub(crate) fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
         let _ = self.feed.send(Feed::Stop);
@@ -282,19 +304,22 @@ impl Run {
     }
 }
 
-/// The feeder: queues passes, starts workers when there is work, feeds them
-/// each pass's tasks in plan order, and ends them when everything is done.
+/// The feeder: queues passes, starts workers when there is work, hands each
+/// pass to every worker (which claim its items themselves), and ends the
+/// workers when every pass handed out is done.
 fn feeder(shared: &Arc<PoolShared>, feed: &Receiver<Feed>) {
     let mut passes: VecDeque<Arc<Pass>> = VecDeque::new();
     let mut forced = false;
     let mut run: Option<Run> = None;
-    let mut next = 0usize;
+    // Workers the front pass was handed to so far.
+    let mut handed = 0usize;
     let take = |msg: Feed, passes: &mut VecDeque<Arc<Pass>>, forced: &mut bool| -> bool {
         match msg {
             Feed::Pass { space, force } => {
                 *forced |= force;
                 passes.push_back(Arc::new(Pass {
                     space,
+                    next: AtomicUsize::new(0),
                     left: AtomicUsize::new(shared.plan.len()),
                 }));
                 true
@@ -307,7 +332,7 @@ fn feeder(shared: &Arc<PoolShared>, feed: &Receiver<Feed>) {
             break;
         }
         if passes.is_empty() {
-            // Everything served: the workers end.
+            // Every pass handed out: the workers end once they are done.
             if let Some(r) = run.take() {
                 r.end(shared);
             }
@@ -337,26 +362,23 @@ fn feeder(shared: &Arc<PoolShared>, feed: &Receiver<Feed>) {
         let Some(pass) = passes.front().cloned() else {
             continue;
         };
-        if pass.space.is_gone() {
-            pass.finish(shared.plan.len() - next);
+        if pass.space.is_gone() || handed == r.threads.len() {
+            if handed == 0 {
+                // Never handed out (or no worker could start): nobody else
+                // finishes its items.
+                pass.skip_rest(shared.plan.len());
+            }
             passes.pop_front();
-            next = 0;
+            handed = 0;
             continue;
         }
         match r.tasks.send_timeout(
             Task {
                 pass: Arc::clone(&pass),
-                item: next,
             },
             Duration::from_millis(10),
         ) {
-            Ok(()) => {
-                next += 1;
-                if next == shared.plan.len() {
-                    passes.pop_front();
-                    next = 0;
-                }
-            }
+            Ok(()) => handed += 1,
             Err(crossbeam_channel::SendTimeoutError::Timeout(_)) => {}
             Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => break,
         }
@@ -385,21 +407,27 @@ fn worker(shared: &PoolShared, tasks: &Receiver<Task>) {
         shared,
         filler: &mut filler,
     };
+    let len = shared.plan.len();
     while let Ok(task) = tasks.recv() {
-        if shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-        let space = Arc::clone(&task.pass.space);
-        if !space.is_gone() {
-            match shared.plan[task.item] {
-                Item::Chunk(c) => w.chunk(&space, c),
-                Item::ZeroSweep => w.zero_sweep(&space),
+        let (pass, space) = (&task.pass, &task.pass.space);
+        while let Some(item) = pass.claim(len) {
+            if shared.stop.load(Ordering::Acquire) || space.is_gone() {
+                pass.finish(1);
+                pass.skip_rest(len);
+                break;
+            }
+            match shared.plan[item] {
+                Item::Chunk(c) => w.chunk(space, c),
+                Item::ZeroSweep => w.zero_sweep(space),
             }
             w.filler.counters.prefetch_items.inc();
+            pass.finish(1);
+            if shared.busy.load(Ordering::Relaxed) || space.gate.reader_waiting() {
+                std::thread::yield_now();
+            }
         }
-        task.pass.finish(1);
-        if shared.busy.load(Ordering::Relaxed) || space.gate.reader_waiting() {
-            std::thread::yield_now();
+        if shared.stop.load(Ordering::Acquire) {
+            return;
         }
     }
 }

@@ -35,7 +35,8 @@ pub(crate) fn prepare(opts: &BenchOptions, mib: u64) -> Result<Memhog, String> {
     let cfg = RestoreBenchConfig {
         mib,
         runs: 1,
-        prefetch_workers: 1,
+        prefetch_workers: None,
+        fault_policy: None,
         dir: opts.work_dir.clone(),
         lazarus: opts.lazarus.clone(),
     };

@@ -25,7 +25,9 @@ use restore_agent::process::{
     Background, PidChoice, ProcessRestoreOptions, RestoreSummary, RestoredProcess, Stdio,
     UnrestorableFds, open_stdio_file, quiet_stdio, run_in_background,
 };
-use restore_agent::{FaultPolicy, ServerOptions, WorkingSetOptions, restore_process};
+use restore_agent::{
+    FaultPolicy, ServerOptions, WorkingSetOptions, default_prefetch_workers, restore_process,
+};
 use snapshot_format::Image;
 
 use crate::util::size::human;
@@ -72,8 +74,8 @@ pub(crate) struct RestoreArgs {
     #[arg(long, value_enum, default_value_t = FdsArg::Refuse)]
     unrestorable_fds: FdsArg,
 
-    /// Prefetch threads.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Prefetch threads (default: one per available CPU, at most 4).
+    #[arg(long, value_name = "N", default_value_t = default_prefetch_workers())]
     prefetch_workers: usize,
 
     /// Serve on demand only (no prefetch pool).

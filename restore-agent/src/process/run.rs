@@ -239,11 +239,15 @@ pub(crate) fn restore(
         mappings.push(Mapping::new(r.start, r.start, r.len));
     }
     let server = FaultServer::start(image, server_opts)?;
+    // A lazy restore prefetches once the process runs (see
+    // `add_space_without_prefetch`); an eager one at once.
     let space = if mappings.is_empty() {
         drop(uffd);
         None
-    } else {
+    } else if mode.eager {
         Some(server.add_space(uffd, &mappings)?)
+    } else {
+        Some(server.add_space_without_prefetch(uffd, &mappings)?)
     };
 
     if mode.eager
@@ -324,6 +328,11 @@ pub(crate) fn restore(
     }
     let pidfd = helper.detach()?;
     timings.running = t0.elapsed();
+    if !mode.eager
+        && let Some(space) = space
+    {
+        server.start_prefetch(space);
+    }
     Ok(Started {
         pid,
         tids,

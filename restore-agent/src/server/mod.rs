@@ -97,6 +97,23 @@ pub enum FaultPolicy {
     Chunk,
 }
 
+/// The most prefetch workers [`default_prefetch_workers`] picks.
+///
+/// Measured on a 2-vCPU machine only (docs/RESTORE.md, "Figures"): there 2 workers
+/// fill memory 1.9× as fast as one. More than 2 is unmeasured; the cap keeps a
+/// restore from taking every CPU of a large machine by default (the fault server and
+/// the restored process need some). Pass more explicitly to try.
+pub const MAX_DEFAULT_PREFETCH_WORKERS: usize = 4;
+
+/// The default number of prefetch workers: one per available CPU (the
+/// process's affinity and cgroup quota), at most [`MAX_DEFAULT_PREFETCH_WORKERS`],
+/// at least 1.
+pub fn default_prefetch_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, MAX_DEFAULT_PREFETCH_WORKERS)
+}
+
 /// Options of a [`FaultServer`].
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -109,7 +126,8 @@ pub struct ServerOptions {
     pub liveness_interval: Duration,
     /// Chunk cache size.
     pub cache: CacheOptions,
-    /// Prefetch worker threads; 0 serves on demand only.
+    /// Prefetch worker threads; 0 serves on demand only. Default:
+    /// [`default_prefetch_workers`].
     pub prefetch_workers: usize,
     /// Chunks to prefetch first, in order (a loaded working set).
     pub prefetch_first: Vec<ChunkId>,
@@ -126,7 +144,7 @@ impl Default for ServerOptions {
             spin: Duration::from_micros(50),
             liveness_interval: Duration::from_millis(100),
             cache: CacheOptions::default(),
-            prefetch_workers: 1,
+            prefetch_workers: default_prefetch_workers(),
             prefetch_first: Vec::new(),
             record_working_set: true,
             batch: 64,
@@ -493,7 +511,41 @@ impl FaultServer {
         uffd: Userfaultfd,
         mappings: &[Mapping],
     ) -> Result<SpaceId, AddSpaceError> {
-        self.add(uffd, mappings, false).map(|m| m.id())
+        self.add(uffd, mappings, false, true).map(|m| m.id())
+    }
+
+    /// [`add_space`](Self::add_space) without starting its prefetch pass:
+    /// faults are served at once, prefetching waits for
+    /// [`start_prefetch`](Self::start_prefetch). A process restore uses it so
+    /// that the workers do not compete for the CPUs with the last steps of
+    /// the restore (about fifty remote system calls, each a round trip
+    /// through the scheduler) before the process runs.
+    pub(crate) fn add_space_without_prefetch(
+        &self,
+        uffd: Userfaultfd,
+        mappings: &[Mapping],
+    ) -> Result<SpaceId, AddSpaceError> {
+        self.add(uffd, mappings, false, false).map(|m| m.id())
+    }
+
+    /// Starts the prefetch pass of space `id`, added by
+    /// [`add_space_without_prefetch`](Self::add_space_without_prefetch) (if
+    /// the pool is enabled and the space still served).
+    pub(crate) fn start_prefetch(&self, id: SpaceId) {
+        if !self.shared.prefetcher.enabled() {
+            return;
+        }
+        if let Some(space) = self
+            .shared
+            .registry
+            .snapshot()
+            .iter()
+            .find(|s| s.id == id && !s.is_gone())
+        {
+            space.prefetch_done.store(false, Ordering::Release);
+            self.shared.set_unpopulated();
+            self.shared.prefetcher.add_pass(Arc::clone(space), false);
+        }
     }
 
     /// [`add_space`](Self::add_space), returning a [`SpaceMonitor`]: the
@@ -506,7 +558,7 @@ impl FaultServer {
         uffd: Userfaultfd,
         mappings: &[Mapping],
     ) -> Result<SpaceMonitor, AddSpaceError> {
-        self.add(uffd, mappings, self.shared.opts.record_working_set)
+        self.add(uffd, mappings, self.shared.opts.record_working_set, true)
     }
 
     fn add(
@@ -514,6 +566,7 @@ impl FaultServer {
         uffd: Userfaultfd,
         mappings: &[Mapping],
         record: bool,
+        prefetch: bool,
     ) -> Result<SpaceMonitor, AddSpaceError> {
         if self.is_stopped() {
             return Err(AddSpaceError::Stopped);
@@ -549,7 +602,7 @@ impl FaultServer {
         // Everything the server thread needs is allocated here, in the
         // caller's thread (see `run.rs`).
         let local = run::Local::new(Arc::clone(&space), self.shared.opts.batch);
-        if self.shared.prefetcher.enabled() {
+        if prefetch && self.shared.prefetcher.enabled() {
             space.prefetch_done.store(false, Ordering::Release);
         }
         self.shared.pending_adds.fetch_add(1, Ordering::AcqRel);
@@ -560,7 +613,9 @@ impl FaultServer {
             return Err(AddSpaceError::Stopped);
         }
         self.shared.wakeup.wake();
-        self.shared.prefetcher.add_pass(space, false);
+        if prefetch {
+            self.shared.prefetcher.add_pass(space, false);
+        }
         Ok(monitor)
     }
 
