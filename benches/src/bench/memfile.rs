@@ -153,11 +153,13 @@ impl Prepared for Memfile {
             opts: self.options(workers, ws),
             eager,
         };
+        // The agent's default pool, as `lazarus restore` uses.
+        let workers = restore_agent::default_prefetch_workers();
         let source = match strategy {
-            Strategy::Eager => lazarus(1, None, true),
+            Strategy::Eager => lazarus(workers, None, true),
             Strategy::Lazy => lazarus(0, None, false),
-            Strategy::LazyPrefetch => lazarus(1, None, false),
-            Strategy::LazyWorkingSet => lazarus(1, Some((true, false)), false),
+            Strategy::LazyPrefetch => lazarus(workers, None, false),
+            Strategy::LazyWorkingSet => lazarus(workers, Some((true, false)), false),
             Strategy::KernelMmap | Strategy::UffdBaseline => Source::Raw(&self.raw),
             Strategy::Criu => return Ok(Outcome::Skipped("not applicable".into())),
         };

@@ -127,15 +127,17 @@ pub(crate) fn agent_run(
     }
 }
 
-/// `lazarus restore` options of the Lazarus strategies (`None`: not one).
+/// `lazarus restore` options of the Lazarus strategies (`None`: not one):
+/// the command's own defaults (one prefetch worker per CPU, page policy),
+/// what a user gets.
 pub(crate) fn restore_args(s: Strategy, ws_copy: &std::path::Path) -> Option<Vec<String>> {
     let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     Some(match s {
-        Strategy::Eager => v(&["--eager", "--prefetch-workers", "1", "--no-working-set"]),
+        Strategy::Eager => v(&["--eager", "--no-working-set"]),
         Strategy::Lazy => v(&["--no-prefetch", "--no-working-set"]),
-        Strategy::LazyPrefetch => v(&["--prefetch-workers", "1", "--no-working-set"]),
+        Strategy::LazyPrefetch => v(&["--no-working-set"]),
         Strategy::LazyWorkingSet => {
-            let mut a = v(&["--prefetch-workers", "1", "--working-set"]);
+            let mut a = v(&["--working-set"]);
             a.push(ws_copy.to_string_lossy().into_owned());
             a
         }
