@@ -101,7 +101,8 @@ fn advance(space: &Space, seg: &Segment, u0: usize, u1: usize, from: PageState, 
     }
 }
 
-fn wake_unit(space: &Space, seg: &Segment, u: usize, counters: &Counters) {
+/// Wakes the waiters of unit `u` (`UFFDIO_WAKE`; a failure is logged).
+pub(crate) fn wake_unit(space: &Space, seg: &Segment, u: usize, counters: &Counters) {
     counters.wake_ioctls.inc();
     if let Err(e) = uffd::wake(space.fd(), Range::new(seg.host_of(u), seg.unit)) {
         log::warn!("{}: UFFDIO_WAKE at {:#x}: {e}", space.id, seg.host_of(u));

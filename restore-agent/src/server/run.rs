@@ -708,7 +708,7 @@ fn present(
     u: usize,
     counters: &Counters,
 ) -> Outcome {
-    match fill::fill_zero(
+    let result = fill::fill_zero(
         env,
         space,
         seg.host_of(u),
@@ -716,25 +716,8 @@ fn present(
         seg.unit,
         true,
         counters,
-    ) {
-        Ok(_) => Outcome::Done,
-        Err(uffd::FillError::Exists) => {
-            counters.eexist.inc();
-            counters.wake_ioctls.inc();
-            let _ = uffd::wake(space.fd(), Range::new(seg.host_of(u), seg.unit));
-            Outcome::Done
-        }
-        Err(uffd::FillError::Again { .. }) => Outcome::Again,
-        Err(uffd::FillError::NoEntry) => Outcome::NoEntry,
-        Err(uffd::FillError::TargetGone) => {
-            space.set_gone();
-            Outcome::Gone
-        }
-        Err(e) => {
-            log::warn!("{}: refill at {:#x}: {e}", space.id, seg.host_of(u));
-            Outcome::Failed
-        }
-    }
+    );
+    refill_outcome(space, seg, u, counters, "refill", result)
 }
 
 /// A fault on a poisoned unit whose marker is gone: poison it again (never
@@ -745,11 +728,26 @@ fn repoison(space: &Space, seg: &Segment, u: usize, counters: &Counters) -> Outc
     }
     counters.poison_ioctls.inc();
     let range = Range::new(seg.host_of(u), seg.unit);
-    match uffd::poison(space.fd(), range, uffd::PoisonMode::empty()) {
+    let result = uffd::poison(space.fd(), range, uffd::PoisonMode::empty());
+    refill_outcome(space, seg, u, counters, "poison", result)
+}
+
+/// What a fill of unit `u` alone, with no state to move (`present`,
+/// `repoison`), ended in: `EEXIST` means the unit is there, so its waiters
+/// are woken.
+fn refill_outcome(
+    space: &Space,
+    seg: &Segment,
+    u: usize,
+    counters: &Counters,
+    what: &str,
+    result: Result<u64, uffd::FillError>,
+) -> Outcome {
+    match result {
         Ok(_) => Outcome::Done,
         Err(uffd::FillError::Exists) => {
-            counters.wake_ioctls.inc();
-            let _ = uffd::wake(space.fd(), range);
+            counters.eexist.inc();
+            fill::wake_unit(space, seg, u, counters);
             Outcome::Done
         }
         Err(uffd::FillError::Again { .. }) => Outcome::Again,
@@ -759,7 +757,7 @@ fn repoison(space: &Space, seg: &Segment, u: usize, counters: &Counters) -> Outc
             Outcome::Gone
         }
         Err(e) => {
-            log::warn!("{}: poison at {:#x}: {e}", space.id, seg.host_of(u));
+            log::warn!("{}: {what} at {:#x}: {e}", space.id, seg.host_of(u));
             Outcome::Failed
         }
     }
