@@ -284,11 +284,7 @@ fn options(policy: FaultPolicy, workers: usize, ws: Option<(&Path, bool, bool)>)
                 load,
                 save,
             },
-            None => WorkingSetOptions {
-                path: None,
-                load: false,
-                save: false,
-            },
+            None => WorkingSetOptions::NONE,
         },
         ..RestoreOptions::default()
     }

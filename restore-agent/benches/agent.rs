@@ -94,11 +94,7 @@ fn fault_round_trip(c: &mut Criterion) {
                             prefetch_workers: 0,
                             ..ServerOptions::default()
                         },
-                        working_set: WorkingSetOptions {
-                            path: None,
-                            load: false,
-                            save: false,
-                        },
+                        working_set: WorkingSetOptions::NONE,
                         ..RestoreOptions::default()
                     };
                     let h = restore_into(Arc::clone(&img), opts).expect("restore");

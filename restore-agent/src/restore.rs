@@ -83,6 +83,15 @@ pub struct WorkingSetOptions {
     pub save: bool,
 }
 
+impl WorkingSetOptions {
+    /// Neither load nor save a working set.
+    pub const NONE: Self = Self {
+        path: None,
+        load: false,
+        save: false,
+    };
+}
+
 impl Default for WorkingSetOptions {
     fn default() -> Self {
         Self {

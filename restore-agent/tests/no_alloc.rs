@@ -110,11 +110,7 @@ fn options(policy: FaultPolicy) -> RestoreOptions {
             record_working_set: true,
             ..ServerOptions::default()
         },
-        working_set: WorkingSetOptions {
-            path: None,
-            load: false,
-            save: false,
-        },
+        working_set: WorkingSetOptions::NONE,
         ..RestoreOptions::default()
     }
 }

@@ -44,11 +44,7 @@ fn options(policy: FaultPolicy, workers: usize) -> RestoreOptions {
             prefetch_workers: workers,
             ..ServerOptions::default()
         },
-        working_set: WorkingSetOptions {
-            path: None,
-            load: false,
-            save: false,
-        },
+        working_set: WorkingSetOptions::NONE,
         ..RestoreOptions::default()
     }
 }

@@ -207,11 +207,7 @@ impl Files {
                         prefetch_workers: workers,
                         ..ServerOptions::default()
                     },
-                    working_set: WorkingSetOptions {
-                        path: None,
-                        load: false,
-                        save: false,
-                    },
+                    working_set: WorkingSetOptions::NONE,
                     ..HandlerOptions::default()
                 },
             )?),

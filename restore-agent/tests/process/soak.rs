@@ -141,11 +141,7 @@ fn run_once(c: &Captured, k: u64, run: u64) {
             prefetch_workers: usize::from(prefetch),
             ..ServerOptions::default()
         },
-        working_set: restore_agent::WorkingSetOptions {
-            path: None,
-            load: false,
-            save: false,
-        },
+        working_set: restore_agent::WorkingSetOptions::NONE,
         ..ProcessRestoreOptions::default()
     };
     let mut restored = restore(c, opts);

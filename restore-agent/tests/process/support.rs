@@ -152,11 +152,7 @@ pub(crate) fn options(c: &Captured) -> ProcessRestoreOptions {
             Stdio::Fd(open_stdio_file(2, &c.file("err.log")).expect("stderr file")),
         ],
         server: ServerOptions::default(),
-        working_set: WorkingSetOptions {
-            path: None,
-            load: false,
-            save: false,
-        },
+        working_set: WorkingSetOptions::NONE,
         ..ProcessRestoreOptions::default()
     }
 }
