@@ -232,19 +232,22 @@ fn restore_prints_the_pid_serves_then_leaves_the_process_alone() {
     out.wait_line(|l| l.is("TICK") && l.u64("n") >= c.last_tick + 4, T);
 }
 
+/// A 64 MiB counter of which each tick verifies 1 MiB: without prefetch most
+/// of its pages stay unserved for a long time.
+const MOSTLY_UNTOUCHED_64M: &[&str] = &[
+    "--mib",
+    "64",
+    "--verify-mib",
+    "1",
+    "--full-every",
+    "100000",
+    "--interval-ms",
+    "20",
+];
+
 #[test]
 fn the_restored_process_dies_with_its_agent() {
-    // 64 MiB of which each tick verifies 1: most pages stay unserved without prefetch.
-    let c = capture_counter(&[
-        "--mib",
-        "64",
-        "--verify-mib",
-        "1",
-        "--full-every",
-        "100000",
-        "--interval-ms",
-        "20",
-    ]);
+    let c = capture_counter(MOSTLY_UNTOUCHED_64M);
     let mut args = c.restore_args();
     args.push("--no-prefetch".into());
     let mut agent = Agent::spawn(&args);
@@ -519,16 +522,7 @@ fn the_helper_dies_with_an_agent_killed_while_it_drives_it() {
 
 #[test]
 fn a_restored_process_killed_while_served_ends_its_agent() {
-    let c = capture_counter(&[
-        "--mib",
-        "64",
-        "--verify-mib",
-        "1",
-        "--full-every",
-        "100000",
-        "--interval-ms",
-        "20",
-    ]);
+    let c = capture_counter(MOSTLY_UNTOUCHED_64M);
     let mut args = c.restore_args();
     args.extend(["--no-prefetch", "--no-working-set", "--json"].map(String::from));
     let mut agent = Agent::spawn(&args);

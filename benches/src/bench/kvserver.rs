@@ -32,7 +32,7 @@ use restore_agent::WorkingSet;
 use rustix::event::{PollFd, PollFlags, poll};
 use snapshot_format::Image;
 
-use super::memhog::{agent_run, fresh_ws_copy, restore_args};
+use super::memhog::{agent_run, restore_args};
 use super::replay::{Answer, Pattern, Source, file_word_sum, replay};
 use super::results::{Latency, Run};
 use super::sample::RssSampler;
@@ -294,11 +294,7 @@ impl Prepared for Kvserver {
     }
 
     fn run(&mut self, strategy: Strategy, _cache: CacheState) -> Result<Outcome, String> {
-        let ws_copy = self.dir.path().join("run.ws");
-        if let Some(args) = restore_args(strategy, &ws_copy) {
-            if strategy == Strategy::LazyWorkingSet {
-                fresh_ws_copy(&self.ws, &ws_copy)?;
-            }
+        if let Some(args) = restore_args(strategy, &self.ws, self.dir.path())? {
             return self
                 .restore(&args, strategy == Strategy::Lazy)
                 .map(|r| Outcome::Ran(Box::new(r)));

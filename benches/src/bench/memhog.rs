@@ -11,7 +11,7 @@
 //!   this process, the sum checked against `Layout::memhog` (module
 //!   [`super::replay`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use fixtures::pattern::{self, Layout};
 
@@ -129,32 +129,29 @@ pub(crate) fn agent_run(
 
 /// `lazarus restore` options of the Lazarus strategies (`None`: not one):
 /// the command's own defaults (one prefetch worker per CPU, page policy),
-/// what a user gets.
-pub(crate) fn restore_args(s: Strategy, ws_copy: &std::path::Path) -> Option<Vec<String>> {
+/// what a user gets. `lazy-working-set` loads a fresh copy of the `recorded`
+/// working set, made in `dir` (a run rewrites the file it loads with its
+/// own, smaller, order: every run must start from the recording).
+pub(crate) fn restore_args(
+    s: Strategy,
+    recorded: &Path,
+    dir: &Path,
+) -> Result<Option<Vec<String>>, String> {
     let v = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-    Some(match s {
+    Ok(Some(match s {
         Strategy::Eager => v(&["--eager", "--no-working-set"]),
         Strategy::Lazy => v(&["--no-prefetch", "--no-working-set"]),
         Strategy::LazyPrefetch => v(&["--no-working-set"]),
         Strategy::LazyWorkingSet => {
+            let copy = dir.join("run.ws");
+            std::fs::copy(recorded, &copy)
+                .map_err(|e| format!("copy the working set {}: {e}", recorded.display()))?;
             let mut a = v(&["--working-set"]);
-            a.push(ws_copy.to_string_lossy().into_owned());
+            a.push(copy.to_string_lossy().into_owned());
             a
         }
-        _ => return None,
-    })
-}
-
-/// Copies the recorded working set to `copy` for one run (a run rewrites the
-/// file it loads with its own, smaller, order: every run must start from the
-/// recording).
-pub(crate) fn fresh_ws_copy(
-    recorded: &std::path::Path,
-    copy: &std::path::Path,
-) -> Result<(), String> {
-    std::fs::copy(recorded, copy)
-        .map(|_| ())
-        .map_err(|e| format!("copy the working set {}: {e}", recorded.display()))
+        _ => return Ok(None),
+    }))
 }
 
 impl Prepared for Memhog {
@@ -167,11 +164,7 @@ impl Prepared for Memhog {
     }
 
     fn run(&mut self, strategy: Strategy, _cache: CacheState) -> Result<Outcome, String> {
-        let ws_copy = self.image.dir().join("run.ws");
-        if let Some(args) = restore_args(strategy, &ws_copy) {
-            if strategy == Strategy::LazyWorkingSet {
-                fresh_ws_copy(&self.ws, &ws_copy)?;
-            }
+        if let Some(args) = restore_args(strategy, &self.ws, self.image.dir())? {
             return self
                 .restore(&args, strategy == Strategy::Lazy)
                 .map(|r| Outcome::Ran(Box::new(r)));
