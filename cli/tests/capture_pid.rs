@@ -113,7 +113,9 @@ fn an_unprivileged_user_may_not_capture_roots_process() {
     let n = fx.wait_line(|l| l.is("TICK"), T).u64("n");
     let pid = fx.pid().to_string();
     const NOBODY: u32 = 65534;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazarus"))
+    let lazarus =
+        fixtures::runnable::RunnableCopy::new(Path::new(env!("CARGO_BIN_EXE_lazarus"))).unwrap();
+    let out = std::process::Command::new(lazarus.path())
         .args(["capture", "--pid", &pid, "-o"])
         .arg(&img)
         .uid(NOBODY)

@@ -112,7 +112,10 @@ fn a_process_of_another_user_gets_its_user_and_groups_back() {
     use std::os::unix::process::CommandExt;
     let nobody = 65534;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut command = std::process::Command::new(fixtures::binary("counter"));
+    // The copy must outlive the restore (its executable is checked and mapped).
+    let counter = fixtures::runnable::RunnableCopy::new(&fixtures::binary("counter"))
+        .expect("a copy of counter nobody can run");
+    let mut command = std::process::Command::new(counter.path());
     command
         .args(["--mib", "4", "--interval-ms", "20"])
         .uid(nobody)
